@@ -1,0 +1,117 @@
+import { tf } from './tf.js';
+import { TsformerError } from './errors.js';
+
+export const BACKENDS = ['auto', 'cpu', 'wasm', 'webgpu', 'tensorflow'] as const;
+export type BackendName = (typeof BACKENDS)[number];
+
+export interface BackendInfo {
+  /** The tfjs backend now active. */
+  name: Exclude<BackendName, 'auto'>;
+  /** Human-readable details (adapter name, SIMD, native library). */
+  detail: string;
+}
+
+const HOW_TO: Record<Exclude<BackendName, 'auto'>, string> = {
+  cpu: 'it ships with @tsformer/core',
+  wasm: 'it ships with @tsformer/core (@tensorflow/tfjs-backend-wasm); reinstall with `npm ci`',
+  webgpu:
+    'install the optional packages `webgpu` and `@tensorflow/tfjs-backend-webgpu` (npm install webgpu@0.6.2 @tensorflow/tfjs-backend-webgpu@4.22.0) and run on a machine whose GPU driver offers Vulkan (see docs/gpu-nodes.md)',
+  tensorflow:
+    'install `@tensorflow/tfjs-node-gpu@4.22.0` (NVIDIA GPU, CUDA 11.2 + cuDNN 8.1) or `@tensorflow/tfjs-node@4.22.0` (CPU); both download libtensorflow at install time (see docs/gpu-nodes.md)',
+};
+
+async function importOptional(name: string): Promise<unknown | undefined> {
+  try {
+    return await import(/* @vite-ignore */ name);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') return undefined;
+    throw e;
+  }
+}
+
+/** Tries one backend; returns its detail string, or undefined when it is not available here. */
+async function tryBackend(name: Exclude<BackendName, 'auto'>): Promise<string | undefined> {
+  switch (name) {
+    case 'cpu':
+      return (await tf.setBackend('cpu')) ? 'tfjs reference kernels' : undefined;
+    case 'wasm': {
+      const wasm = await importOptional('@tensorflow/tfjs-backend-wasm');
+      if (!wasm) return undefined;
+      if (!(await tf.setBackend('wasm'))) return undefined;
+      const simd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT');
+      const threads = await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT');
+      return `XNNPACK${simd ? ' + SIMD' : ''}${threads ? ' + threads' : ''}`;
+    }
+    case 'webgpu': {
+      const g = globalThis as { navigator?: { gpu?: GPULike } };
+      if (!g.navigator?.gpu) {
+        // In Node, Dawn's binding provides navigator.gpu; it must exist before the backend module loads.
+        const dawn = (await importOptional('webgpu')) as { create(o: string[]): GPULike; globals: object } | undefined;
+        if (!dawn) return undefined;
+        Object.assign(globalThis, dawn.globals);
+        const nav = (g.navigator ??= {} as { gpu?: GPULike });
+        if (!nav.gpu) Object.defineProperty(nav, 'gpu', { value: dawn.create([]), configurable: true });
+      }
+      const adapter = await g.navigator!.gpu!.requestAdapter();
+      if (!adapter) return undefined;
+      if (!(await importOptional('@tensorflow/tfjs-backend-webgpu'))) return undefined;
+      if (!(await tf.setBackend('webgpu'))) return undefined;
+      const info = adapter.info ?? {};
+      return `${info.vendor ?? 'unknown vendor'} ${info.architecture ?? ''} ${info.device ?? ''}`.trim();
+    }
+    case 'tensorflow': {
+      for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+        if (await importOptional(pkg)) {
+          if (await tf.setBackend('tensorflow')) return `libtensorflow via ${pkg}`;
+        }
+      }
+      return undefined;
+    }
+  }
+}
+
+interface GPULike {
+  requestAdapter(): Promise<{ info?: { vendor?: string; architecture?: string; device?: string } } | null>;
+}
+
+/**
+ * Activates a backend. `auto` picks the fastest one available: tensorflow, then webgpu, then wasm,
+ * then cpu. Asking for a specific backend that is absent is an error that says how to get it.
+ */
+export async function selectBackend(name: BackendName = 'auto'): Promise<BackendInfo> {
+  if (!BACKENDS.includes(name)) {
+    throw new TsformerError(`unknown backend "${name}" (choose one of ${BACKENDS.join(', ')})`, 'backend');
+  }
+  const order: Array<Exclude<BackendName, 'auto'>> = name === 'auto' ? ['tensorflow', 'webgpu', 'wasm', 'cpu'] : [name];
+  for (const candidate of order) {
+    let detail: string | undefined;
+    try {
+      detail = await tryBackend(candidate);
+    } catch (e) {
+      if (name !== 'auto') {
+        throw new TsformerError(`backend "${candidate}" failed to start: ${(e as Error).message}. To use it, ${HOW_TO[candidate]}.`, 'backend');
+      }
+    }
+    if (detail !== undefined) {
+      await tf.ready();
+      return { name: candidate, detail };
+    }
+  }
+  if (name === 'auto') throw new TsformerError('no tfjs backend could be started', 'backend');
+  throw new TsformerError(`backend "${name}" is not available here. To use it, ${HOW_TO[name]}.`, 'backend');
+}
+
+/** Backends that start on this machine (tries each in turn; leaves `cpu` active). */
+export async function availableBackends(): Promise<Array<Exclude<BackendName, 'auto'>>> {
+  const out: Array<Exclude<BackendName, 'auto'>> = [];
+  for (const b of ['cpu', 'wasm', 'webgpu', 'tensorflow'] as const) {
+    try {
+      if ((await tryBackend(b)) !== undefined) out.push(b);
+    } catch {
+      // not available
+    }
+  }
+  await tf.setBackend('cpu');
+  return out;
+}
