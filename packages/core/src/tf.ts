@@ -10,3 +10,6 @@ import * as tf from '@tensorflow/tfjs-core';
 export { tf };
 export type Tensor = tf.Tensor;
 export type Variable = tf.Variable;
+
+// Silence tfjs's "install tfjs-node" banner and other console warnings; we report backends ourselves.
+tf.env().set('PROD', true);

@@ -1,0 +1,20 @@
+import type { tf } from '@tsformer/core';
+
+/**
+ * A positional encoding as the attention shell sees it. It is built by the model from config and
+ * passed into each attention module; attention never builds its own.
+ *
+ * `positions` are absolute token positions of the rows of q (and of k for `rotate`), shared by the
+ * batch, on the host so masks and tables are built without a device read-back.
+ */
+export interface PositionalEncoding {
+  readonly type: string;
+  /** Rotates q [B, T, H, D] (or k [B, T, Hkv, D]) at the given positions (length T). */
+  rotate?(x: tf.Tensor, positions: Int32Array): tf.Tensor;
+  /** Additive score bias [H, Tq, Tk] for query and key positions (e.g. ALiBi). */
+  scoreBias?(numHeads: number, qPositions: Int32Array, kPositions: Int32Array): tf.Tensor;
+  dispose?(): void;
+}
+
+/** NoPE: no positional signal at all (`{ type: none }`). */
+export const noPositional: PositionalEncoding = { type: 'none' };
