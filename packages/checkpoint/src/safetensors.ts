@@ -90,9 +90,10 @@ function byteView(data: Float32Array | Int32Array): Uint8Array {
 // Writing
 
 /**
- * Serializes tensors (and optional string metadata) into safetensors bytes. Deterministic: tensors
- * are laid out sorted by name, `__metadata__` comes first with sorted keys, and the header is
- * padded with spaces to a multiple of 8 bytes, as the reference writer does.
+ * Serializes tensors (and optional string metadata) into safetensors bytes. Deterministic whatever
+ * the map's order: tensors are laid out by descending element size, then by name (as the reference
+ * writer does, which keeps every tensor aligned); `__metadata__` comes first with sorted keys and
+ * is left out when empty; the header is padded with spaces to a multiple of 8 bytes.
  */
 export function encodeSafetensors(
   tensors: ReadonlyMap<string, HostTensor>,
@@ -105,17 +106,16 @@ export function encodeSafetensors(
     if (!tensors.has(name)) throw fail(`opts.dtype names "${name}", which is not among the tensors`);
   }
 
-  const names = [...tensors.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  const plan: Array<{ name: string; tensor: HostTensor; dtype: SafeDType; begin: number; end: number }> = [];
-  let offset = 0;
-  for (const name of names) {
-    const tensor = tensors.get(name)!;
+  const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+  const items: Array<{ name: string; tensor: HostTensor; dtype: SafeDType }> = [];
+  for (const [name, tensor] of tensors) {
     if (name === '' || name === METADATA_KEY) throw fail(`invalid tensor name ${JSON.stringify(name)}`);
     const { shape, data } = tensor;
     if (!Array.isArray(shape) || !shape.every(isNonNegativeInt)) {
       throw fail(`tensor "${name}": shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
     }
-    if (tensor.dtype === 'float32' ? !(data instanceof Float32Array) : tensor.dtype === 'int32' ? !(data instanceof Int32Array) : true) {
+    const dataMatches = tensor.dtype === 'float32' ? data instanceof Float32Array : tensor.dtype === 'int32' && data instanceof Int32Array;
+    if (!dataMatches) {
       throw fail(`tensor "${name}": dtype ${String(tensor.dtype)} does not match its data (${data?.constructor?.name})`);
     }
     const count = numElements(shape);
@@ -126,14 +126,23 @@ export function encodeSafetensors(
     if (!isSafeDType(dtype) || HOST_DTYPE[dtype] !== tensor.dtype) {
       throw fail(`tensor "${name}": cannot write a ${tensor.dtype} tensor as ${String(dtype)}`);
     }
-    const end = offset + count * DTYPE_BYTES[dtype];
-    plan.push({ name, tensor, dtype, begin: offset, end });
+    items.push({ name, tensor, dtype });
+  }
+  // Layout order: larger elements first, then by name. Every tensor then starts at a multiple of its
+  // element size, and the data buffer starts at a multiple of 8 in the file, so all data is aligned
+  // for zero-copy reading. With one element size this is plain name order.
+  items.sort((a, b) => DTYPE_BYTES[b.dtype] - DTYPE_BYTES[a.dtype] || byName(a.name, b.name));
+  const plan: Array<{ name: string; tensor: HostTensor; dtype: SafeDType; begin: number; end: number }> = [];
+  let offset = 0;
+  for (const item of items) {
+    const end = offset + item.tensor.data.length * DTYPE_BYTES[item.dtype];
+    plan.push({ ...item, begin: offset, end });
     offset = end;
   }
 
   const parts: string[] = [];
   if (metadata !== undefined) {
-    const keys = Object.keys(metadata).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const keys = Object.keys(metadata).sort(byName);
     const sorted: Record<string, string> = {};
     for (const key of keys) {
       const value = metadata[key];
@@ -308,19 +317,27 @@ function readData(
   switch (e.dtype) {
     case 'F32':
     case 'I32': {
-      const Ctor = e.dtype === 'F32' ? Float32Array : Int32Array;
-      if (n === 0) return new Ctor(0);
+      const isFloat = e.dtype === 'F32';
+      if (n === 0) return isFloat ? new Float32Array(0) : new Int32Array(0);
       if (LITTLE_ENDIAN_HOST) {
-        const at = bytes.byteOffset + pos;
-        if (at % 4 === 0) return new Ctor(bytes.buffer, at, n);
-        // misaligned in the underlying buffer: copy into fresh (aligned) memory
-        const copy = new Uint8Array(n * 4);
-        copy.set(bytes.subarray(pos, pos + n * 4));
-        return new Ctor(copy.buffer);
+        let buffer: ArrayBufferLike = bytes.buffer;
+        let at = bytes.byteOffset + pos;
+        if (at % 4 !== 0) {
+          // misaligned in the underlying buffer: copy into fresh (aligned) memory
+          const copy = new Uint8Array(n * 4);
+          copy.set(bytes.subarray(pos, pos + n * 4));
+          buffer = copy.buffer;
+          at = 0;
+        }
+        return isFloat ? new Float32Array(buffer, at, n) : new Int32Array(buffer, at, n);
       }
-      const out = new Ctor(n);
-      if (out instanceof Float32Array) for (let i = 0; i < n; i++) out[i] = view.getFloat32(pos + 4 * i, true);
-      else for (let i = 0; i < n; i++) out[i] = view.getInt32(pos + 4 * i, true);
+      if (isFloat) {
+        const out = new Float32Array(n);
+        for (let i = 0; i < n; i++) out[i] = view.getFloat32(pos + 4 * i, true);
+        return out;
+      }
+      const out = new Int32Array(n);
+      for (let i = 0; i < n; i++) out[i] = view.getInt32(pos + 4 * i, true);
       return out;
     }
     case 'F16':

@@ -27,13 +27,16 @@ function isHeadline(tokens: string[]): boolean {
 
 /**
  * Joins Penn-style word tokens into ordinary text: ``` `` ``` and `''` become `"`, a lone `'`
- * alternates between opening and closing, punctuation and clitics attach to the word before, and
- * brackets and opening quotes to the word after.
+ * alternates between opening and closing, punctuation and clitics attach to the word before,
+ * brackets and opening quotes to the word after, and a comma or period right after a closing
+ * double quote moves inside it (the American style of the source: `city.''` was tokenized
+ * `city '' .`).
  */
 export function detokenize(words: readonly string[]): string {
   let out = '';
   let glueNext = true; // no space before the first word, nor after an opener
   let singleOpen = false;
+  let afterClosingQuote = false;
   for (const raw of words) {
     let word = raw;
     let attachLeft = ATTACH_LEFT.has(word);
@@ -49,41 +52,54 @@ export function detokenize(words: readonly string[]): string {
       attachLeft = !singleOpen;
       attachRight = singleOpen;
     }
-    // "Jr. ." at a sentence end: the abbreviation's period is the full stop.
+    if ((word === '.' || word === ',') && afterClosingQuote) {
+      // "Jr." closing a sentence: the abbreviation's period is the full stop.
+      if (!(word === '.' && out.endsWith('."'))) out = `${out.slice(0, -1)}${word}"`;
+      continue;
+    }
+    // "Jr. ." at a sentence end, as above.
     if (word === '.' && out.endsWith('.')) continue;
     if (out.length > 0 && !glueNext && !attachLeft) out += ' ';
     out += word;
     glueNext = attachRight;
+    afterClosingQuote = raw === "''";
   }
   return out;
 }
 
 /**
  * One tagged Brown document as text: tags stripped, paragraphs (blank-line separated in the source)
- * one per line, each paragraph's sentences joined by spaces, headlines on lines of their own.
+ * one per line, each paragraph's sentences joined by spaces, headlines on lines of their own. A
+ * paragraph that opens with closing punctuation (the remains of a table the corpus dropped)
+ * continues the one before it.
  */
 export function brownDocumentToText(tagged: string): string {
-  const lines: string[] = [];
+  const blocks: Array<{ words: string[]; headline: boolean }> = [];
   for (const paragraph of tagged.split(/\n[ \t]*\n/)) {
     let words: string[] = [];
-    const flush = (): void => {
-      if (words.length > 0) lines.push(detokenize(words));
+    const flush = (headline: boolean): void => {
+      const first = words[0];
+      if (first === undefined) return;
+      const prev = blocks[blocks.length - 1];
+      const continues = prev !== undefined && (ATTACH_LEFT.has(first) || first === "''");
+      if (continues) prev.words.push(...words);
+      else blocks.push({ words, headline });
       words = [];
     };
     for (const sentence of paragraph.split('\n')) {
       const tokens = sentence.trim().split(/\s+/).filter((t) => t.length > 0);
       if (tokens.length === 0) continue;
       if (isHeadline(tokens)) {
-        flush();
+        flush(false);
         words = tokens.map(wordOf);
-        flush();
+        flush(true);
       } else {
         words.push(...tokens.map(wordOf));
       }
     }
-    flush();
+    flush(false);
   }
-  return lines.join('\n');
+  return blocks.map((b) => detokenize(b.words)).join('\n');
 }
 
 export interface PrepareBrownOptions {
