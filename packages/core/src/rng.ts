@@ -46,6 +46,11 @@ export class Rng {
     return [this.#a, this.#b, this.#c, this.#d];
   }
 
+  /** Rewinds this generator (and everything holding it, e.g. dropout layers) to a saved state. */
+  restore(state: RngState): void {
+    [this.#a, this.#b, this.#c, this.#d] = Rng.fromState(state).state();
+  }
+
   /** A new independent generator derived from this one (advances this one by one draw). */
   fork(stream: number): Rng {
     return Rng.seeded(this.nextUint32(), stream);

@@ -1,9 +1,12 @@
 /**
- * The one TensorFlow.js instance every tsformer package uses: tfjs-core with all gradients
- * registered and the reference `cpu` backend. Other backends are loaded on demand by `selectBackend`.
+ * The one TensorFlow.js instance every tsformer package uses.
+ *
+ * `@tensorflow/tfjs` is imported for its side effects: it registers every gradient and the chained
+ * tensor methods against the shared engine, in a form that works the same under Node (CommonJS
+ * builds), vitest and bundlers (ES module builds). Mixing `tfjs-core`'s CommonJS entry with its ES
+ * module `register_all_gradients` file would load two copies of the ops and break gradients.
  */
-import '@tensorflow/tfjs-core/dist/register_all_gradients.js';
-import '@tensorflow/tfjs-core/dist/public/chained_ops/register_all_chained_ops.js';
+import '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import * as tf from '@tensorflow/tfjs-core';
 

@@ -1,0 +1,105 @@
+import { TsformerError, tf, type Parameter } from '@tsformer/core';
+import { z } from 'zod';
+
+export const adamwConfigSchema = z
+  .object({
+    type: z.literal('adamw'),
+    /** Peak learning rate. */
+    lr: z.number().positive(),
+    /** Default [0.9, 0.95]. */
+    betas: z.tuple([z.number().min(0).max(1), z.number().min(0).max(1)]).default([0.9, 0.95]),
+    /** Default 1e-8. */
+    eps: z.number().positive().default(1e-8),
+    /** Decoupled weight decay, applied to matrices only (not norms, biases, embeddings). Default 0.1. */
+    weightDecay: z.number().min(0).default(0.1),
+  })
+  .strict();
+export type AdamWConfig = z.infer<typeof adamwConfigSchema>;
+
+interface Slot {
+  param: Parameter;
+  m: tf.Variable;
+  v: tf.Variable;
+}
+
+/**
+ * AdamW (Loshchilov & Hutter) with decoupled weight decay:
+ *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+ *   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)  +  lr * wd * p   (wd only where param.decay)
+ * Moments are keyed by parameter name, so saved state never depends on variable order.
+ */
+export class AdamW {
+  readonly #slots = new Map<string, Slot>();
+  /** Number of updates applied so far (t in the bias correction). */
+  step = 0;
+
+  constructor(
+    params: ReadonlyArray<[string, Parameter]>,
+    readonly config: AdamWConfig,
+  ) {
+    for (const [name, param] of params) {
+      if (!param.variable.trainable) continue;
+      const zeros = () => tf.variable(tf.zerosLike(param.variable), false);
+      this.#slots.set(name, { param, m: zeros(), v: zeros() });
+    }
+  }
+
+  /** Applies one update. `grads` are keyed by parameter name; missing ones are skipped. */
+  apply(grads: ReadonlyMap<string, tf.Tensor>, lr: number): void {
+    this.step++;
+    const [b1, b2] = this.config.betas;
+    const c1 = 1 - Math.pow(b1, this.step);
+    const c2 = 1 - Math.pow(b2, this.step);
+    tf.tidy(() => {
+      for (const [name, slot] of this.#slots) {
+        const g = grads.get(name);
+        if (!g) continue;
+        const m = slot.m.mul(b1).add(g.mul(1 - b1));
+        const v = slot.v.mul(b2).add(g.square().mul(1 - b2));
+        slot.m.assign(m);
+        slot.v.assign(v);
+        const p = slot.param.variable;
+        let update = m.div(c1).div(v.div(c2).sqrt().add(this.config.eps));
+        if (slot.param.decay && this.config.weightDecay > 0) update = update.add(p.mul(this.config.weightDecay));
+        p.assign(p.sub(update.mul(lr)));
+      }
+    });
+  }
+
+  /** Moments keyed `<param>.exp_avg` / `<param>.exp_avg_sq` (live variables, not copies). */
+  stateDict(): Map<string, tf.Tensor> {
+    const out = new Map<string, tf.Tensor>();
+    for (const [name, s] of this.#slots) {
+      out.set(`${name}.exp_avg`, s.m);
+      out.set(`${name}.exp_avg_sq`, s.v);
+    }
+    return out;
+  }
+
+  /** Restores moments and the step count; every moment must be present with the right shape. */
+  loadStateDict(state: ReadonlyMap<string, tf.Tensor>, step: number): void {
+    const problems: string[] = [];
+    for (const [name, s] of this.#slots) {
+      for (const [key, slot] of [[`${name}.exp_avg`, s.m], [`${name}.exp_avg_sq`, s.v]] as const) {
+        const t = state.get(key);
+        if (!t) problems.push(`missing optimizer state "${key}"`);
+        else if (t.shape.join(',') !== slot.shape.join(',')) problems.push(`optimizer state "${key}" has shape [${t.shape}], expected [${slot.shape}]`);
+      }
+    }
+    const known = new Set(this.stateDict().keys());
+    for (const key of state.keys()) if (!known.has(key)) problems.push(`unexpected optimizer state "${key}"`);
+    if (problems.length) throw new TsformerError(`cannot load optimizer state:\n  ${problems.join('\n  ')}`, 'checkpoint');
+    for (const [name, s] of this.#slots) {
+      s.m.assign(state.get(`${name}.exp_avg`)!);
+      s.v.assign(state.get(`${name}.exp_avg_sq`)!);
+    }
+    this.step = step;
+  }
+
+  dispose(): void {
+    for (const s of this.#slots.values()) {
+      s.m.dispose();
+      s.v.dispose();
+    }
+  }
+}
