@@ -143,13 +143,12 @@ export function encodeSafetensors(
   const parts: string[] = [];
   if (metadata !== undefined) {
     const keys = Object.keys(metadata).sort(byName);
-    const sorted: Record<string, string> = {};
-    for (const key of keys) {
+    const pairs = keys.map((key) => {
       const value = metadata[key];
       if (typeof value !== 'string') throw fail(`metadata "${key}" is not a string`);
-      sorted[key] = value;
-    }
-    if (keys.length > 0) parts.push(`${JSON.stringify(METADATA_KEY)}:${JSON.stringify(sorted)}`);
+      return `${JSON.stringify(key)}:${JSON.stringify(value)}`;
+    });
+    if (keys.length > 0) parts.push(`${JSON.stringify(METADATA_KEY)}:{${pairs.join(',')}}`);
   }
   for (const p of plan) {
     const info = { dtype: p.dtype, shape: p.tensor.shape, data_offsets: [p.begin, p.end] };
@@ -254,7 +253,8 @@ export function decodeSafetensors(bytes: Uint8Array, source = '<safetensors byte
       if (!isPlainObject(raw)) throw fail(`${METADATA_KEY} is not an object of strings`);
       for (const [key, value] of Object.entries(raw)) {
         if (typeof value !== 'string') throw fail(`${METADATA_KEY} value of "${key}" is ${JSON.stringify(value)}, not a string`);
-        metadata[key] = value;
+        // defineProperty, so that even a key named "__proto__" is kept as data
+        Object.defineProperty(metadata, key, { value, enumerable: true, writable: true, configurable: true });
       }
       continue;
     }
