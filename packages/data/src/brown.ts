@@ -9,6 +9,10 @@ const DOCUMENT_NAME = /^[a-z]{2}\d{2}$/;
 
 /** Punctuation and clitics written flush against the previous word. */
 const ATTACH_LEFT = new Set([',', '.', ';', ':', '?', '!', ')', ']', '}', '%', "'s", "'S", "n't", "N'T", "'ll", "'re", "'ve", "'d", "'m"]);
+/** Punctuation the corpus writes twice in a row (`?/. ?/.`), kept once. */
+const COLLAPSE = new Set([',', ';', ':', '?', '!']);
+/** Sentence punctuation that moves inside a closing double quote. */
+const INSIDE_QUOTE = new Set(['.', ',', '?', '!']);
 /** Openers written flush against the next word. */
 const ATTACH_RIGHT = new Set(['(', '[', '{', '$']);
 
@@ -28,17 +32,24 @@ function isHeadline(tokens: string[]): boolean {
 /**
  * Joins Penn-style word tokens into ordinary text: ``` `` ``` and `''` become `"`, a lone `'`
  * alternates between opening and closing, punctuation and clitics attach to the word before,
- * brackets and opening quotes to the word after, and a comma or period right after a closing
- * double quote moves inside it (the American style of the source: `city.''` was tokenized
- * `city '' .`).
+ * brackets and opening quotes to the word after. The corpus's quirks are undone: sentence
+ * punctuation after a closing double quote moves inside it (`city '' .` was `city.''` in print),
+ * doubled punctuation (`? ?`) is kept once, an inch mark `12''` becomes `12"` (and loses the
+ * stray `''` after it), and a period after a word that already ends in one
+ * (`Jr. .`) or in `?`/`!` is dropped.
  */
 export function detokenize(words: readonly string[]): string {
   let out = '';
   let glueNext = true; // no space before the first word, nor after an opener
   let singleOpen = false;
   let afterClosingQuote = false;
+  let previous = '';
   for (const raw of words) {
-    let word = raw;
+    if (COLLAPSE.has(raw) && raw === previous) continue;
+    // An inch mark (`1/4''`) is always followed by a stray `''` in the corpus.
+    if (raw === "''" && previous.length > 2 && previous.endsWith("''")) continue;
+    previous = raw;
+    let word = raw.length > 2 && raw.endsWith("''") ? `${raw.slice(0, -2)}"` : raw;
     let attachLeft = ATTACH_LEFT.has(word);
     let attachRight = ATTACH_RIGHT.has(word);
     if (word === '``') {
@@ -52,13 +63,13 @@ export function detokenize(words: readonly string[]): string {
       attachLeft = !singleOpen;
       attachRight = singleOpen;
     }
-    if ((word === '.' || word === ',') && afterClosingQuote) {
-      // "Jr." closing a sentence: the abbreviation's period is the full stop.
-      if (!(word === '.' && out.endsWith('."'))) out = `${out.slice(0, -1)}${word}"`;
+    if (INSIDE_QUOTE.has(word) && afterClosingQuote) {
+      const quoted = out.slice(0, -1);
+      // Keep `up?"` as it is rather than writing `up?."` or `up?,"`.
+      if (!/[.?!,]$/.test(quoted)) out = `${quoted}${word}"`;
       continue;
     }
-    // "Jr. ." at a sentence end, as above.
-    if (word === '.' && out.endsWith('.')) continue;
+    if (word === '.' && /[.?!]$/.test(out)) continue;
     if (out.length > 0 && !glueNext && !attachLeft) out += ' ';
     out += word;
     glueNext = attachRight;

@@ -45,7 +45,7 @@ function jsonlDocuments(path: string, text: string, field: string): string[] {
 }
 
 /** Concatenates token arrays with `separator` between consecutive ones. */
-function join(parts: Int32Array[], separator: Int32Array): Int32Array {
+function concatWith(parts: Int32Array[], separator: Int32Array): Int32Array {
   const total = parts.reduce((n, p) => n + p.length, 0) + separator.length * Math.max(0, parts.length - 1);
   const out = new Int32Array(total);
   let offset = 0;
@@ -71,13 +71,10 @@ export async function loadTokens(cfg: DatasetConfig, tokenizer: Tokenizer): Prom
   if (cfg.type === 'text') {
     tokens = tokenizer.encode(text);
   } else {
-    const docs = jsonlDocuments(cfg.path, text, cfg.field);
+    const docs = jsonlDocuments(cfg.path, text, cfg.field).map((d) => tokenizer.encode(d));
     const separator = tokenizer.eosId !== undefined ? Int32Array.of(tokenizer.eosId) : tokenizer.encode('\n');
-    tokens = join(
-      docs.map((d) => tokenizer.encode(d)),
-      separator,
-    );
-    if (docs.length > 0 && docs.every((d) => d.length === 0)) tokens = new Int32Array(0);
+    // Separators alone are no data: documents that all encode to nothing make an empty set.
+    tokens = docs.some((d) => d.length > 0) ? concatWith(docs, separator) : new Int32Array(0);
   }
   if (tokens.length === 0) {
     throw new TsformerError(`dataset ${cfg.path} is empty: it encodes to 0 tokens with tokenizer ${tokenizer.name}`, 'data');

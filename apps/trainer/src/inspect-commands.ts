@@ -1,0 +1,100 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Rng, TsformerError, selectBackend, type BackendName } from '@tsformer/core';
+import { DecoderLM, generate } from '@tsformer/model';
+import { evalBatches } from '@tsformer/data';
+import { evaluate } from '@tsformer/train';
+import { LocalStore, findResumeStep, verifyStep } from '@tsformer/checkpoint';
+import YAML from 'yaml';
+import { resolveConfig, type RunConfig } from './config.js';
+import { loadWeights } from './checkpointing.js';
+import { loadSplit, makeTokenizer } from './train-command.js';
+import type { Out } from './out.js';
+
+export interface LoadedRun {
+  config: RunConfig;
+  model: DecoderLM;
+  step: number;
+}
+
+/** Rebuilds a run's model from its directory: the saved config and a verified checkpoint. */
+export async function loadRun(runDir: string, opts: { step?: number; backend?: BackendName; out: Out }): Promise<LoadedRun> {
+  const cfgPath = join(runDir, 'config.yaml');
+  if (!existsSync(cfgPath)) throw new TsformerError(`${runDir} is not a run directory (no config.yaml)`, 'config');
+  const { config } = resolveConfig(YAML.parse(readFileSync(cfgPath, 'utf8')), cfgPath);
+  const store = new LocalStore(config.checkpoint.dir ?? join(runDir, 'checkpoints'));
+  let step = opts.step;
+  if (step === undefined) step = await findResumeStep(store, { onWarning: (m) => opts.out.warn(`warning: ${m}`) });
+  else await verifyStep(store, step);
+  if (step === undefined) throw new TsformerError(`run ${runDir} has no complete checkpoint in ${store.location}`, 'checkpoint');
+  const backend = await selectBackend(opts.backend ?? config.backend);
+  opts.out.info(`backend: ${backend.name} (${backend.detail}); checkpoint: step ${step}`);
+  const model = new DecoderLM(config.model, { seed: config.seed });
+  try {
+    await loadWeights(store, step, model);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  model.eval();
+  return { config, model, step };
+}
+
+export interface SampleOptions {
+  run: string;
+  prompt?: string;
+  maxNewTokens?: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  step?: number;
+  backend?: BackendName;
+  out: Out;
+}
+
+/** `tsformer sample`: continue a prompt with a run's checkpoint. */
+export async function sampleCommand(o: SampleOptions): Promise<string> {
+  const { config, model, step } = await loadRun(o.run, o);
+  try {
+    const tokenizer = await makeTokenizer(config);
+    const prompt = o.prompt ?? config.sample.prompt;
+    const tokens = await generate(model, tokenizer.encode(prompt), {
+      maxNewTokens: o.maxNewTokens ?? config.sample.maxNewTokens,
+      temperature: o.temperature ?? config.sample.temperature,
+      topK: (o.topK ?? config.sample.topK) || undefined,
+      topP: o.topP ?? config.sample.topP,
+      rng: Rng.seeded(o.seed ?? config.seed, 7),
+    });
+    const text = prompt + tokenizer.decode(tokens);
+    o.out.info(`--- sample (step ${step}) ---\n${text}`);
+    return text;
+  } finally {
+    model.dispose();
+  }
+}
+
+export interface EvalOptions {
+  run: string;
+  step?: number;
+  /** Batches to evaluate; default: the whole validation split. */
+  batches?: number;
+  backend?: BackendName;
+  out: Out;
+}
+
+/** `tsformer eval`: validation loss and perplexity of a run's checkpoint. */
+export async function evalCommand(o: EvalOptions): Promise<{ loss: number; perplexity: number; step: number }> {
+  const { config, model, step } = await loadRun(o.run, o);
+  try {
+    const tokenizer = await makeTokenizer(config);
+    const val = await loadSplit(config, tokenizer, 'validation');
+    if (!val) throw new TsformerError(`run ${o.run} has no data.validation split to evaluate`, 'config');
+    const r = await evaluate(model, evalBatches(val, config.train.batchSize, o.batches ?? Infinity));
+    const unit = config.data.tokenizer.type === 'byte' ? 'nats/byte' : 'nats/token';
+    o.out.info(`step ${step}: validation loss ${r.loss.toFixed(4)} ${unit} (${(r.loss / Math.LN2).toFixed(4)} bits), perplexity ${r.perplexity.toFixed(3)}, over ${r.batches} batches`);
+    return { loss: r.loss, perplexity: r.perplexity, step };
+  } finally {
+    model.dispose();
+  }
+}
