@@ -1,5 +1,5 @@
 export { Linear, type LinearOptions } from './linear.js';
-export { Embedding } from './embedding.js';
+export { Embedding, embeddingLookup } from './embedding.js';
 export { RMSNorm, LayerNorm } from './norm.js';
 export { Dropout } from './dropout.js';
 export { SwiGLU, GeluMlp, gelu, type MlpOptions } from './mlp.js';

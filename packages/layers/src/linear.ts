@@ -1,4 +1,4 @@
-import { Module, init, tf, type Rng } from '@tsformer/core';
+import { Module, init, matMul, tf, type Rng } from '@tsformer/core';
 
 export interface LinearOptions {
   /** Add a bias vector. Default false (Llama-style). */
@@ -27,7 +27,7 @@ export class Linear extends Module {
     return tf.tidy(() => {
       const lead = x.shape.slice(0, -1);
       const x2 = x.reshape([-1, this.inFeatures]); // [N, in]
-      let y = tf.matMul(x2, this.weight); // [N, out]
+      let y = matMul(x2, this.weight); // [N, out]
       if (this.bias) y = y.add(this.bias);
       return y.reshape([...lead, this.outFeatures]); // [..., out]
     });

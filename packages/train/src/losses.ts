@@ -1,9 +1,11 @@
 import { TsformerError, tf } from '@tsformer/core';
 
 /**
- * Mean sparse cross-entropy: logits [..., V] against int32 targets [...], without one-hot labels:
- * loss_i = logsumexp(logits_i) - logits_i[target_i]. The target logits are gathered from the
- * flattened matrix, so the backward pass is softmax minus a scatter of ones at the targets.
+ * Mean sparse cross-entropy: logits [..., V] against int32 targets [...]. Labels are never expanded:
+ * the forward gathers the target logits, loss_i = logsumexp(logits_i) - logits_i[target_i], and the
+ * backward is written by hand as (softmax(logits) - [j == target_i]) * dy / N, one dense [N, V]
+ * gradient and nothing else (autodiff through the gather would go through UnsortedSegmentSum,
+ * which is O(N * V) masks on the cpu backend and missing on wasm).
  */
 export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Scalar {
   const V = logits.shape[logits.rank - 1]!;
@@ -12,11 +14,23 @@ export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Sc
     throw new TsformerError(`sparseCrossEntropy: logits [${logits.shape}] do not match targets [${targets.shape}]`, 'shape');
   }
   if (targets.dtype !== 'int32') throw new TsformerError(`sparseCrossEntropy: targets must be int32, got ${targets.dtype}`, 'shape');
-  return tf.tidy(() => {
-    const flat = logits.reshape([N, V]); // [N, V]
-    const lse = tf.logSumExp(flat, -1); // [N]
-    const index = tf.range(0, N, 1, 'int32').mul(tf.scalar(V, 'int32')).add(targets.reshape([N])); // [N] flat positions
+  const t = targets.reshape([N]); // [N]
+  const loss = tf.customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    const flat = x.reshape([N, V]); // [N, V]
+    const lse = tf.logSumExp(flat, -1, true); // [N, 1]
+    const index = tf.range(0, N, 1, 'int32').mul(tf.scalar(V, 'int32')).add(t); // [N] flat positions
     const picked = tf.gather(flat.reshape([N * V]), index); // [N]
-    return lse.sub(picked).mean() as tf.Scalar;
-  });
+    save([flat, lse]);
+    return {
+      value: lse.reshape([N]).sub(picked).mean() as tf.Scalar,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [f, l] = saved as [tf.Tensor, tf.Tensor];
+        const probs = f.sub(l).exp(); // [N, V] softmax
+        const hit = tf.oneHot(t, V, 1, 0, 'float32'); // [N, V] the target indicator of the gradient
+        return probs.sub(hit).mul(dy.div(N)).reshape(x.shape);
+      },
+    };
+  })(logits) as tf.Scalar;
+  t.dispose();
+  return loss;
 }
