@@ -25,10 +25,11 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
     .scriptName('tsformer')
     .usage('$0 <command> [options]')
     .command(
-      'train',
+      'train [overrides..]',
       'Train from a YAML config: tsformer train --config configs/x.yaml a.b=1',
       (y) =>
         y
+          .positional('overrides', { type: 'string', array: true, describe: 'dotted.key=value config overrides' })
           .option('config', { type: 'string', demandOption: true, describe: 'YAML run config' })
           .option('resume', { type: 'string', describe: '"auto" (newest complete step of this run) or a step directory' })
           .option('backend', backendOpt)
@@ -46,7 +47,7 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
         try {
           await trainCommand({
             config: a.config,
-            overrides: a._.slice(1).map(String),
+            overrides: (a.overrides ?? []).map(String),
             resume: a.resume,
             backend: a.backend as BackendName | undefined,
             stopAt: a['stop-at'],
@@ -59,11 +60,14 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
       },
     )
     .command(
-      'validate',
+      'validate [overrides..]',
       'Check a config and print it resolved (defaults filled), or every error with its dotted path',
-      (y) => y.option('config', { type: 'string', demandOption: true }),
+      (y) =>
+        y
+          .positional('overrides', { type: 'string', array: true, describe: 'dotted.key=value config overrides' })
+          .option('config', { type: 'string', demandOption: true }),
       (a) => {
-        const { yaml } = loadConfig(a.config, a._.slice(1).map(String));
+        const { yaml } = loadConfig(a.config, (a.overrides ?? []).map(String));
         out.info(yaml.trimEnd());
       },
     )
@@ -110,10 +114,11 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
       },
     )
     .command(
-      'bench',
+      'bench [overrides..]',
       'Training tokens/s of a config on each available backend, as a table',
       (y) =>
         y
+          .positional('overrides', { type: 'string', array: true, describe: 'dotted.key=value config overrides' })
           .option('config', { type: 'string', default: 'configs/pretrain/tiny-brown.yaml' })
           .option('backends', { type: 'string', describe: 'comma-separated (default: every backend that starts here)' })
           .option('steps', { type: 'number', default: 5 })
@@ -121,7 +126,7 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
       async (a) => {
         await benchCommand({
           config: a.config,
-          overrides: a._.slice(1).map(String),
+          overrides: (a.overrides ?? []).map(String),
           backends: a.backends?.split(',').map((b) => b.trim() as BackendName),
           steps: a.steps,
           warmup: a.warmup,

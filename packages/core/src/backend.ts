@@ -46,6 +46,9 @@ async function tryBackend(name: Exclude<BackendName, 'auto'>): Promise<string | 
     case 'webgpu': {
       const g = globalThis as { navigator?: { gpu?: GPULike } };
       if (!g.navigator?.gpu) {
+        // Dawn on Linux needs the Vulkan loader; without it there is no adapter (and Dawn would
+        // print a warning while finding that out).
+        if (!(await hasVulkanLoader())) return undefined;
         // In Node, Dawn's binding provides navigator.gpu; it must exist before the backend module loads.
         const dawn = (await importOptional('webgpu')) as { create(o: string[]): GPULike; globals: object } | undefined;
         if (!dawn) return undefined;
@@ -69,6 +72,23 @@ async function tryBackend(name: Exclude<BackendName, 'auto'>): Promise<string | 
       return undefined;
     }
   }
+}
+
+/** Whether libvulkan.so.1 is in a standard library directory or LD_LIBRARY_PATH (Linux only). */
+async function hasVulkanLoader(): Promise<boolean> {
+  const proc = (globalThis as { process?: { platform?: string; env?: Record<string, string | undefined> } }).process;
+  if (proc?.platform !== 'linux') return true;
+  const { existsSync } = await import(/* @vite-ignore */ 'node:fs');
+  const dirs = [
+    ...(proc.env?.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
+    '/usr/lib/x86_64-linux-gnu',
+    '/lib/x86_64-linux-gnu',
+    '/usr/lib64',
+    '/usr/lib',
+    '/usr/local/lib',
+    '/usr/lib/aarch64-linux-gnu',
+  ];
+  return dirs.some((d) => existsSync(`${d}/libvulkan.so.1`));
 }
 
 interface GPULike {

@@ -13,6 +13,14 @@ describe('Rng', () => {
     expect(Array.from({ length: 5 }, () => c.uniform())).toEqual(next);
   });
 
+  it('serializes as unsigned 32-bit words at any point', () => {
+    const r = Rng.seeded(1337);
+    for (let i = 0; i < 1000; i++) {
+      r.nextUint32();
+      for (const w of r.state()) expect(w >>> 0).toBe(w);
+    }
+  });
+
   it('gives different streams for different seeds and stream ids', () => {
     expect(Rng.seeded(1).nextUint32()).not.toBe(Rng.seeded(2).nextUint32());
     expect(Rng.seeded(1, 0).nextUint32()).not.toBe(Rng.seeded(1, 1).nextUint32());

@@ -43,7 +43,7 @@ export class Rng {
   }
 
   state(): RngState {
-    return [this.#a, this.#b, this.#c, this.#d];
+    return [this.#a >>> 0, this.#b >>> 0, this.#c >>> 0, this.#d >>> 0];
   }
 
   /** Rewinds this generator (and everything holding it, e.g. dropout layers) to a saved state. */
@@ -59,7 +59,7 @@ export class Rng {
   nextUint32(): number {
     const t = (((this.#a + this.#b) >>> 0) + this.#d) >>> 0;
     this.#d = (this.#d + 1) >>> 0;
-    this.#a = this.#b ^ (this.#b >>> 9);
+    this.#a = (this.#b ^ (this.#b >>> 9)) >>> 0;
     this.#b = (this.#c + (this.#c << 3)) >>> 0;
     this.#c = ((this.#c << 21) | (this.#c >>> 11)) >>> 0;
     this.#c = (this.#c + t) >>> 0;
