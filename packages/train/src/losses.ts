@@ -14,23 +14,22 @@ export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Sc
     throw new TsformerError(`sparseCrossEntropy: logits [${logits.shape}] do not match targets [${targets.shape}]`, 'shape');
   }
   if (targets.dtype !== 'int32') throw new TsformerError(`sparseCrossEntropy: targets must be int32, got ${targets.dtype}`, 'shape');
-  const t = targets.reshape([N]); // [N]
-  const loss = tf.customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  return tf.customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    const t = targets.reshape([N]); // [N]
     const flat = x.reshape([N, V]); // [N, V]
     const lse = tf.logSumExp(flat, -1, true); // [N, 1]
     const index = tf.range(0, N, 1, 'int32').mul(tf.scalar(V, 'int32')).add(t); // [N] flat positions
     const picked = tf.gather(flat.reshape([N * V]), index); // [N]
-    save([flat, lse]);
+    save([flat, lse, t]);
     return {
       value: lse.reshape([N]).sub(picked).mean() as tf.Scalar,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [f, l] = saved as [tf.Tensor, tf.Tensor];
+        const [f, l, tt] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
         const probs = f.sub(l).exp(); // [N, V] softmax
-        const hit = tf.oneHot(t, V, 1, 0, 'float32'); // [N, V] the target indicator of the gradient
+        // [N, V] target indicator, by comparison (tfjs-wasm 4.22's float32 oneHot writes integer bits)
+        const hit = tf.equal(tf.range(0, V, 1, 'int32').reshape([1, V]), tt.reshape([N, 1])).cast('float32');
         return probs.sub(hit).mul(dy.div(N)).reshape(x.shape);
       },
     };
   })(logits) as tf.Scalar;
-  t.dispose();
-  return loss;
 }
