@@ -1,7 +1,11 @@
 import { Rng, availableBackends, selectBackend, tf, type BackendName } from '@tsformer/core';
 import { DecoderLM } from '@tsformer/model';
 import { AdamW, trainStep, type Batch } from '@tsformer/train';
-import { loadConfig } from './config.js';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { TsformerError } from '@tsformer/core';
+import { loadConfig, type RunConfig } from './config.js';
 import type { Out } from './out.js';
 
 export interface BenchOptions {
@@ -12,6 +16,13 @@ export interface BenchOptions {
   /** Timed steps per backend (after warm-up). */
   steps: number;
   warmup: number;
+  /**
+   * Directory of the TypeScript peer (@genai-fi/nanogpt, installed by ../shared/peer/setup.sh) to
+   * measure beside ours on its cpu backend, same model shape, same machine, same run.
+   */
+  peer?: string;
+  /** Text file the peer trains on (bytes are tokens). */
+  peerText?: string;
   out: Out;
 }
 
@@ -58,6 +69,7 @@ export async function benchCommand(o: BenchOptions): Promise<BenchRow[]> {
     o.out.info(`${info.name}: ${ms.toFixed(1)} ms/step`);
   }
   await tf.setBackend('cpu');
+  if (o.peer) rows.push(await benchPeer(o.peer, o.peerText ?? config.data.train.path, config, o.out));
   const ref = rows.find((r) => r.backend === 'cpu');
   o.out.info(`\ntraining throughput: ${o.config} (batch ${batchSize} x ${gradAccum} x ${T} tokens, ${o.steps} timed steps after ${o.warmup} warm-up)\n`);
   o.out.info('| backend | detail | ms/step | tokens/s | vs cpu |');
@@ -66,4 +78,24 @@ export async function benchCommand(o: BenchOptions): Promise<BenchRow[]> {
     o.out.info(`| ${r.backend} | ${r.detail} | ${r.msPerStep.toFixed(1)} | ${Math.round(r.tokensPerSec).toLocaleString('en-US')} | ${ref ? (r.tokensPerSec / ref.tokensPerSec).toFixed(2) + 'x' : '-'} |`);
   }
   return rows;
+}
+
+/** Runs the peer's own training loop on its cpu backend and reads throughput between its logged steps. */
+function benchPeer(dir: string, text: string, config: RunConfig, out: Out): BenchRow {
+  const entry = join(dir, 'peer-entry.mjs');
+  if (!existsSync(entry)) throw new TsformerError(`--peer ${dir}: no peer-entry.mjs there (install it with ../shared/peer/setup.sh)`, 'config');
+  const att = config.model.attention;
+  const shape = { nLayer: config.model.nLayers, nHead: att.numHeads, nEmbed: config.model.dModel, blockSize: config.data.seqLen };
+  out.info(`peer: @genai-fi/nanogpt on cpu, ${JSON.stringify(shape)} batch ${config.train.batchSize} (it logs every 10 steps; this takes a while)`);
+  const p = spawnSync(process.execPath, [entry, 'cpu', '3', JSON.stringify(shape), String(config.train.batchSize), text], { cwd: dir, encoding: 'utf8', maxBuffer: 1 << 26 });
+  const logs = p.stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{') && l.includes('wall_ms'))
+    .map((l) => JSON.parse(l) as { wall_ms: number; step: number });
+  if (logs.length < 2) throw new TsformerError(`peer run produced ${logs.length} logged steps (need 2):\n${p.stderr.slice(-2000)}`, 'bench');
+  const first = logs[0]!;
+  const last = logs.at(-1)!;
+  const steps = last.step - first.step;
+  const ms = (last.wall_ms - first.wall_ms) / steps;
+  return { backend: 'peer (cpu)', detail: '@genai-fi/nanogpt 1.3.0, tfjs cpu', msPerStep: ms, tokensPerSec: (config.train.batchSize * config.data.seqLen) / (ms / 1000) };
 }

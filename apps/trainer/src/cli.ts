@@ -122,7 +122,8 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
           .option('config', { type: 'string', default: 'configs/pretrain/tiny-brown.yaml' })
           .option('backends', { type: 'string', describe: 'comma-separated (default: every backend that starts here)' })
           .option('steps', { type: 'number', default: 5 })
-          .option('warmup', { type: 'number', default: 2 }),
+          .option('warmup', { type: 'number', default: 2 })
+          .option('peer', { type: 'string', describe: 'also time the TypeScript peer installed in this directory (see ../shared/peer/setup.sh)' }),
       async (a) => {
         await benchCommand({
           config: a.config,
@@ -130,6 +131,7 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
           backends: a.backends?.split(',').map((b) => b.trim() as BackendName),
           steps: a.steps,
           warmup: a.warmup,
+          peer: a.peer,
           out,
         });
       },

@@ -93,7 +93,7 @@ describe('train, checkpoint, resume, sample, eval', () => {
     // corrupt the newest step: sample/eval fall back to step 6 with a warning naming step 8
     const f = join(ckpt(w.runs), 'step-00000008', 'model.safetensors');
     const bytes = readFileSync(f);
-    bytes[bytes.length - 1] ^= 0xff;
+    bytes[bytes.length - 1] = bytes[bytes.length - 1]! ^ 0xff;
     writeFileSync(f, bytes);
     const e = await cli('eval', '--run', join(w.runs, 'tiny'));
     expect(e.code).toBe(0);

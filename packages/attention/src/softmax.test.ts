@@ -100,7 +100,7 @@ describe.each(cases)('%s', (_name, H, Hkv, positional) => {
     const m = make(H, Hkv, positional);
     const { y: full } = m.forward(x, { positions: range(6), training: false });
     const fullRows = (await full.array()) as number[][][];
-    let cache: AttentionCache = m.initCache();
+    let cache: AttentionCache = m.initCache() as AttentionCache;
     // prefill 2 tokens, then 4 single steps
     const pieces: number[][][] = [[], []];
     for (const [start, len] of [[0, 2], [2, 1], [3, 1], [4, 1], [5, 1]] as const) {
@@ -137,7 +137,7 @@ describe.each(cases)('%s', (_name, H, Hkv, positional) => {
     ).toBe(0);
     expect(
       await tensorLeak(() => {
-        let cache = m.initCache();
+        let cache: AttentionCache = m.initCache();
         for (let t = 0; t < 3; t++) {
           const xt = x.slice([0, t, 0], [2, 1, 16]);
           const out = m.forward(xt, { positions: range(1, t), cache, training: false });

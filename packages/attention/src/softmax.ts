@@ -79,7 +79,7 @@ export class SoftmaxAttention extends Module implements Attention {
   }
 
   forward(x: tf.Tensor, ctx: AttentionContext): AttentionOutput {
-    const { B, T } = checkShape('attention input', x, ['B', 'T', this.q_proj.inFeatures]);
+    const { B, T } = checkShape('attention input', x, ['B', 'T', this.q_proj.inFeatures]) as { B: number; T: number };
     if (ctx.positions.length !== T) throw new TsformerError(`attention: ${ctx.positions.length} positions for ${T} tokens`, 'shape');
     const cache = ctx.cache as KvCache | undefined;
     if (cache && cache.kind !== 'kv') throw new TsformerError(`mha attention got a "${cache.kind}" cache`, 'shape');

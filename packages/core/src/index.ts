@@ -4,7 +4,7 @@ export { Rng, type RngState } from './rng.js';
 export { Module, sameShape, type Parameter, type ParamOptions } from './module.js';
 export { init } from './init.js';
 export { checkShape } from './shape.js';
-export { matMul, matMulRouted } from './ops.js';
+export { matMul, matMulRouted, customOp, type CustomOp } from './ops.js';
 export { Registry } from './registry.js';
 export { selectBackend, availableBackends, BACKENDS, type BackendName, type BackendInfo } from './backend.js';
 export { tensorLeak, relativeError } from './testing.js';

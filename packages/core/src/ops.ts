@@ -1,5 +1,20 @@
 import { tf } from './tf.js';
 
+/** The result of a hand-differentiated op: its value and the gradient of each input. */
+export interface CustomOp<T extends tf.Tensor> {
+  value: T;
+  gradFunc: (dy: T, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+}
+
+/**
+ * `tf.customGrad` with a usable type: `f` receives its tensor inputs then `save`, and returns the
+ * value and a gradient function (one gradient per input, in order).
+ */
+export function customOp<T extends tf.Tensor>(f: (...args: [...tf.Tensor[], tf.GradSaveFunc]) => CustomOp<T>): (...inputs: tf.Tensor[]) => T {
+  const g = tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
+  return (...inputs: tf.Tensor[]) => g(...inputs) as T;
+}
+
 /**
  * op(a) @ op(b) routed to the fastest kernel form of the active backend. tfjs-wasm runs only the
  * plain 2-D product (no transposes) through XNNPACK; with a transpose flag it falls back to a loop
@@ -21,11 +36,12 @@ export function matMulRouted(a: tf.Tensor, b: tf.Tensor, transA = false, transB 
  *   dB = op(A)^T dC  (or dC^T op(A) when B is transposed)
  */
 export function matMul(a: tf.Tensor, b: tf.Tensor, transA = false, transB = false): tf.Tensor {
-  return tf.customGrad((x: tf.Tensor, y: tf.Tensor, save: tf.GradSaveFunc) => {
+  return customOp((...args) => {
+    const [x, y, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
     save([x, y]);
     return {
       value: matMulRouted(x, y, transA, transB),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      gradFunc: (dy, saved) => {
         const [A, B] = saved as [tf.Tensor, tf.Tensor];
         const dA = transA ? matMulRouted(B, dy, transB, true) : matMulRouted(dy, B, false, !transB);
         const dB = transB ? matMulRouted(dy, A, true, transA) : matMulRouted(A, dy, !transA, false);

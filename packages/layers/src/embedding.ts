@@ -1,4 +1,4 @@
-import { Module, init, matMul, tf, type Rng } from '@tsformer/core';
+import { Module, customOp, init, matMul, tf, type Rng } from '@tsformer/core';
 
 /** Token embedding table [vocab, dim]; `attend` reuses it as a tied output head. No weight decay. */
 export class Embedding extends Module {
@@ -40,12 +40,13 @@ export class Embedding extends Module {
  */
 export function embeddingLookup(table: tf.Tensor, ids: tf.Tensor): tf.Tensor {
   const [V, D] = table.shape as [number, number];
-  return tf.customGrad((w: tf.Tensor, save: tf.GradSaveFunc) => {
+  return customOp((...args) => {
+    const [w, save] = args as [tf.Tensor, tf.GradSaveFunc];
     save([ids]);
     return {
       value: tf.gather(w, ids), // [N, D]
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const idx = saved[0]!;
+      gradFunc: (dy, saved) => {
+        const idx = saved[0]! as tf.Tensor1D;
         const backend = tf.getBackend();
         if (backend !== 'cpu' && backend !== 'wasm') return tf.unsortedSegmentSum(dy, idx, V);
         const g = dy.dataSync(); // [N, D]

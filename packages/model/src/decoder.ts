@@ -94,7 +94,7 @@ export class DecoderLM extends Module {
 
   /** ids: int32 [B, T] -> logits [B, T, V] (and the extended caches when caches were given). */
   forward(ids: tf.Tensor, opts: ForwardOptions = {}): { logits: tf.Tensor; caches?: AttentionCache[] } {
-    const { T } = checkShape('token ids', ids, ['B', 'T']);
+    const { T } = checkShape('token ids', ids, ['B', 'T']) as { T: number };
     if (ids.dtype !== 'int32') throw new TsformerError(`token ids must be int32, got ${ids.dtype}`, 'shape');
     if (opts.caches && opts.caches.length !== this.layers.items.length) {
       throw new TsformerError(`expected ${this.layers.items.length} caches, got ${opts.caches.length}`, 'shape');

@@ -1,4 +1,4 @@
-import { TsformerError, tf } from '@tsformer/core';
+import { TsformerError, customOp, tf } from '@tsformer/core';
 
 /**
  * Mean sparse cross-entropy: logits [..., V] against int32 targets [...]. Labels are never expanded:
@@ -14,7 +14,8 @@ export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Sc
     throw new TsformerError(`sparseCrossEntropy: logits [${logits.shape}] do not match targets [${targets.shape}]`, 'shape');
   }
   if (targets.dtype !== 'int32') throw new TsformerError(`sparseCrossEntropy: targets must be int32, got ${targets.dtype}`, 'shape');
-  return tf.customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  return customOp<tf.Scalar>((...args) => {
+    const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
     const t = targets.reshape([N]); // [N]
     const flat = x.reshape([N, V]); // [N, V]
     const lse = tf.logSumExp(flat, -1, true); // [N, 1]
@@ -23,7 +24,7 @@ export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Sc
     save([flat, lse, t]);
     return {
       value: lse.reshape([N]).sub(picked).mean() as tf.Scalar,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      gradFunc: (dy, saved) => {
         const [f, l, tt] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
         const probs = f.sub(l).exp(); // [N, V] softmax
         // [N, V] target indicator, by comparison (tfjs-wasm 4.22's float32 oneHot writes integer bits)
@@ -31,5 +32,5 @@ export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Sc
         return probs.sub(hit).mul(dy.div(N)).reshape(x.shape);
       },
     };
-  })(logits) as tf.Scalar;
+  })(logits);
 }
