@@ -3,7 +3,7 @@ import { DecoderLM } from '@tsformer/model';
 import { AdamW, trainStep, type Batch } from '@tsformer/train';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { TsformerError } from '@tsformer/core';
 import { loadConfig, type RunConfig } from './config.js';
 import type { Out } from './out.js';
@@ -87,7 +87,7 @@ function benchPeer(dir: string, text: string, config: RunConfig, out: Out): Benc
   const att = config.model.attention;
   const shape = { nLayer: config.model.nLayers, nHead: att.numHeads, nEmbed: config.model.dModel, blockSize: config.data.seqLen };
   out.info(`peer: @genai-fi/nanogpt on cpu, ${JSON.stringify(shape)} batch ${config.train.batchSize} (it logs every 10 steps; this takes a while)`);
-  const p = spawnSync(process.execPath, [entry, 'cpu', '3', JSON.stringify(shape), String(config.train.batchSize), text], { cwd: dir, encoding: 'utf8', maxBuffer: 1 << 26 });
+  const p = spawnSync(process.execPath, [entry, 'cpu', '2', JSON.stringify(shape), String(config.train.batchSize), resolve(text)], { cwd: dir, encoding: 'utf8', maxBuffer: 1 << 26 });
   const logs = p.stdout
     .split('\n')
     .filter((l) => l.startsWith('{') && l.includes('wall_ms'))

@@ -121,8 +121,8 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
           .positional('overrides', { type: 'string', array: true, describe: 'dotted.key=value config overrides' })
           .option('config', { type: 'string', default: 'configs/pretrain/tiny-brown.yaml' })
           .option('backends', { type: 'string', describe: 'comma-separated (default: every backend that starts here)' })
-          .option('steps', { type: 'number', default: 5 })
-          .option('warmup', { type: 'number', default: 2 })
+          .option('steps', { type: 'number', default: 3 })
+          .option('warmup', { type: 'number', default: 1 })
           .option('peer', { type: 'string', describe: 'also time the TypeScript peer installed in this directory (see ../shared/peer/setup.sh)' }),
       async (a) => {
         await benchCommand({

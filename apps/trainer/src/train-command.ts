@@ -1,4 +1,4 @@
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { Rng, TsformerError, selectBackend, type BackendName } from '@tsformer/core';
 import { DecoderLM, generate } from '@tsformer/model';
@@ -130,6 +130,7 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
   const model = new DecoderLM(config.model, { rng });
   const optimizer = new AdamW(model.namedParameters(), config.train.optimizer);
   const t: Trainable = { model, optimizer, loader, rng, configYaml: yaml, scheduleType: config.train.schedule.type, backend: backend.name };
+  let releaseLock = () => {};
   try {
     let state: LoopState = { step: 0, tokensSeen: 0 };
     if (resumeStep !== undefined) {
@@ -141,6 +142,7 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
 
     const runDir = runDirOf(config);
     mkdirSync(join(runDir, 'samples'), { recursive: true });
+    releaseLock = acquireRunLock(runDir);
     writeFileSync(join(runDir, 'config.yaml'), yaml);
     if (resumeStep !== undefined) truncateMetrics(runDir, state.step);
     else writeFileSync(metricsPath(runDir), '');
@@ -222,11 +224,43 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
     }
     writeFileSync(join(runDir, 'summary.json'), `${JSON.stringify({ ...summary, sample: undefined }, null, 2)}\n`);
     o.out.info(
-      `${summary.status} at step ${summary.step} in ${wallSeconds.toFixed(1)} s` + (summary.valLoss !== undefined ? `; validation loss ${summary.valLoss.toFixed(4)} nats/token` : ''),
+      `${summary.status} at step ${summary.step} in ${wallSeconds.toFixed(1)} s` + (summary.valLoss !== undefined ? `; validation loss ${summary.valLoss.toFixed(4)} nats/${config.data.tokenizer.type === 'byte' ? 'byte' : 'token'}` : ''),
     );
     return summary;
   } finally {
+    releaseLock();
     model.dispose();
     optimizer.dispose();
   }
+}
+
+/**
+ * One training process per run directory: `train.lock` holds the owner's pid. A lock whose process
+ * is gone (a crash, a preempted node's leftover) is taken over.
+ */
+function acquireRunLock(runDir: string): () => void {
+  const lock = join(runDir, 'train.lock');
+  const take = () => writeFileSync(lock, String(process.pid), { flag: 'wx' });
+  try {
+    take();
+  } catch {
+    const pid = Number(readFileSync(lock, 'utf8'));
+    let alive = false;
+    try {
+      process.kill(pid, 0);
+      alive = pid !== process.pid;
+    } catch {
+      alive = false;
+    }
+    if (alive) throw new TsformerError(`run directory ${runDir} is being trained by process ${pid} (${lock}); stop it first`, 'config');
+    unlinkSync(lock);
+    take();
+  }
+  return () => {
+    try {
+      unlinkSync(lock);
+    } catch {
+      // already gone
+    }
+  };
 }

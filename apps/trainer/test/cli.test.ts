@@ -105,6 +105,20 @@ describe('train, checkpoint, resume, sample, eval', () => {
     expect(bad.text).toMatch(/model\.safetensors/);
   });
 
+  it('refuses a run directory another live process is training, and takes over a stale lock', async () => {
+    const w = workspace();
+    const { mkdirSync, writeFileSync: write } = await import('node:fs');
+    mkdirSync(join(w.runs, 'tiny'), { recursive: true });
+    write(join(w.runs, 'tiny', 'train.lock'), String(process.ppid));
+    const busy = await cli('train', '--config', w.config);
+    expect(busy.code).not.toBe(0);
+    expect(busy.text).toMatch(/is being trained by process \d+/);
+    write(join(w.runs, 'tiny', 'train.lock'), '999999999');
+    const r = await cli('train', '--config', w.config, 'train.steps=2');
+    expect(r.code).toBe(0);
+    expect(existsSync(join(w.runs, 'tiny', 'train.lock'))).toBe(false);
+  });
+
   it('stops on a non-finite loss with a clear message and keeps the last good checkpoint', async () => {
     const w = workspace({
       train: { steps: 30, batchSize: 4, optimizer: { type: 'adamw', lr: 1e9, weightDecay: 0 }, schedule: { type: 'constant' }, clipGradNorm: 0, logEvery: 1, evalEvery: 0 },

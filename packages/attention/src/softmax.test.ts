@@ -8,7 +8,7 @@ afterAll(() => made.forEach((m) => m.dispose()));
 
 function make(numHeads: number, numKvHeads: number, positional: PositionalEncoding, dModel = 16, seed = 0): SoftmaxAttention {
   const cfg = attentionConfigSchema.parse({ type: 'mha', numHeads, numKvHeads });
-  const m = createAttention(cfg, { dModel, positional, rng: Rng.seeded(seed) }) as SoftmaxAttention;
+  const m = createAttention(cfg, { dModel, positional, rng: Rng.seeded(seed), contextLength: 64 }) as SoftmaxAttention;
   made.push(m);
   return m;
 }

@@ -46,6 +46,8 @@ export interface AttentionDeps {
   rng: Rng;
   /** Init std of the output projection. Default 0.02. */
   outStd?: number;
+  /** The context length the model is trained at (model.maxSeqLen), e.g. for sigmoid attention's default bias -ln(n). */
+  contextLength: number;
 }
 
 export function disposeCache(cache: AttentionCache | undefined): void {

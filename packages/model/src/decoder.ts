@@ -32,7 +32,7 @@ export class Block extends Module {
     super();
     const outStd = cfg.initStd / Math.sqrt(2 * cfg.nLayers);
     this.attn_norm = this.addModule('attn_norm', makeNorm(cfg));
-    this.attn = this.addModule('attn', createAttention(cfg.attention, { dModel: cfg.dModel, positional, rng, outStd }));
+    this.attn = this.addModule('attn', createAttention(cfg.attention, { dModel: cfg.dModel, positional, rng, outStd, contextLength: cfg.maxSeqLen }));
     this.mlp_norm = this.addModule('mlp_norm', makeNorm(cfg));
     const hidden = mlpHidden(cfg);
     const mlpOpts = { bias: cfg.mlp.bias, outStd };
