@@ -1,5 +1,5 @@
 import { Rng, availableBackends, selectBackend, tf, type BackendName } from '@tsformer/core';
-import { DecoderLM } from '@tsformer/model';
+import { DecoderLM, layerSpecs } from '@tsformer/model';
 import { AdamW, trainStep, type Batch } from '@tsformer/train';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -84,7 +84,7 @@ export async function benchCommand(o: BenchOptions): Promise<BenchRow[]> {
 function benchPeer(dir: string, text: string, config: RunConfig, out: Out): BenchRow {
   const entry = join(dir, 'peer-entry.mjs');
   if (!existsSync(entry)) throw new TsformerError(`--peer ${dir}: no peer-entry.mjs there (install it with ../shared/peer/setup.sh)`, 'config');
-  const att = config.model.attention;
+  const att = layerSpecs(config.model)[0]!.attention;
   const shape = { nLayer: config.model.nLayers, nHead: att.numHeads, nEmbed: config.model.dModel, blockSize: config.data.seqLen };
   out.info(`peer: @genai-fi/nanogpt on cpu, ${JSON.stringify(shape)} batch ${config.train.batchSize} (it logs every 10 steps; this takes a while)`);
   const p = spawnSync(process.execPath, [entry, 'cpu', '2', JSON.stringify(shape), String(config.train.batchSize), resolve(text)], { cwd: dir, encoding: 'utf8', maxBuffer: 1 << 26 });

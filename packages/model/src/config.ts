@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { attentionConfigSchema } from '@tsformer/attention';
-import { positionalConfigSchema } from '@tsformer/positional';
+import { attentionConfigSchema, type AttentionConfig } from '@tsformer/attention';
+import { positionalConfigSchema, type PositionalConfig } from '@tsformer/positional';
 
 export const normConfigSchema = z
   .object({
@@ -22,8 +22,30 @@ export const mlpConfigSchema = z
   })
   .strict();
 
+/** One kind of layer in a hybrid schedule: its attention and (optionally) its own positional encoding. */
+export const layerDefSchema = z
+  .object({
+    attention: attentionConfigSchema,
+    /** Default: the model's `positional`. */
+    positional: positionalConfigSchema.optional(),
+  })
+  .strict();
+
+/**
+ * A hybrid layer schedule as data: `pattern` names a def per layer and repeats to fill nLayers,
+ * e.g. SWAN-GPT `[global, local, local, local]` or Command-R7B `[local, local, local, global]`.
+ */
+export const layerScheduleSchema = z
+  .object({
+    /** Def names, one per layer, repeated to fill nLayers (whose count must be a multiple of its length). */
+    pattern: z.array(z.string().min(1)).min(1),
+    /** The layer kinds the pattern names. */
+    defs: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/), layerDefSchema),
+  })
+  .strict();
+
 /** A decoder-only language model. Every field has a default except the sizes. */
-export const modelConfigSchema = z
+const modelObjectSchema = z
   .object({
     /** Vocabulary size; must cover the tokenizer's. */
     vocabSize: z.number().int().positive(),
@@ -33,7 +55,10 @@ export const modelConfigSchema = z
     nLayers: z.number().int().positive(),
     /** Longest context the model attends over (training sequences and the generation window). */
     maxSeqLen: z.number().int().positive(),
-    attention: attentionConfigSchema,
+    /** The attention of every layer. Required unless `layers` is given (then each def has its own). */
+    attention: attentionConfigSchema.optional(),
+    /** A hybrid schedule of layer kinds; absent = every layer uses `attention` and `positional`. */
+    layers: layerScheduleSchema.optional(),
     /** Default `{ type: rope, theta: 10000 }`. */
     positional: positionalConfigSchema.default({ type: 'rope', theta: 10000 }),
     norm: normConfigSchema.default({ type: 'rmsnorm', eps: 1e-5 }),
@@ -47,9 +72,44 @@ export const modelConfigSchema = z
   })
   .strict();
 
+export const modelConfigSchema = modelObjectSchema.superRefine((cfg, ctx) => {
+  if (!cfg.attention && !cfg.layers) {
+    ctx.addIssue({ code: 'custom', path: ['attention'], message: 'required (or define model.layers with a pattern and defs)' });
+  }
+  if (cfg.attention && cfg.layers) {
+    ctx.addIssue({ code: 'custom', path: ['attention'], message: 'give either model.attention or model.layers (whose defs set each layer\'s attention), not both' });
+  }
+  if (cfg.layers) {
+    const { pattern, defs } = cfg.layers;
+    pattern.forEach((name, i) => {
+      if (!(name in defs)) ctx.addIssue({ code: 'custom', path: ['layers', 'pattern', i], message: `"${name}" is not one of model.layers.defs (${Object.keys(defs).join(', ')})` });
+    });
+    if (cfg.nLayers % pattern.length !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['layers', 'pattern'], message: `has ${pattern.length} entries, which does not divide model.nLayers (${cfg.nLayers})` });
+    }
+  }
+});
+
 export type ModelConfig = z.infer<typeof modelConfigSchema>;
 /** What a user writes: defaults may be omitted. */
 export type ModelConfigInput = z.input<typeof modelConfigSchema>;
+
+export interface LayerSpec {
+  /** The def name (`default` without a schedule). */
+  kind: string;
+  attention: AttentionConfig;
+  positional: PositionalConfig;
+}
+
+/** The attention and positional encoding of each layer, the schedule expanded. */
+export function layerSpecs(cfg: ModelConfig): LayerSpec[] {
+  return Array.from({ length: cfg.nLayers }, (_, i) => {
+    if (!cfg.layers) return { kind: 'default', attention: cfg.attention!, positional: cfg.positional };
+    const kind = cfg.layers.pattern[i % cfg.layers.pattern.length]!;
+    const def = cfg.layers.defs[kind]!;
+    return { kind, attention: def.attention, positional: def.positional ?? cfg.positional };
+  });
+}
 
 export function mlpHidden(cfg: ModelConfig): number {
   if (cfg.mlp.hidden) return cfg.mlp.hidden;

@@ -2,7 +2,7 @@ import { Module, Rng, TsformerError, checkShape, tf } from '@tsformer/core';
 import { Dropout, Embedding, GeluMlp, LayerNorm, Linear, RMSNorm, SwiGLU } from '@tsformer/layers';
 import { createPositional, type PositionalEncoding } from '@tsformer/positional';
 import { attentionHeadDim, createAttention, disposeCache, type Attention, type AttentionCache } from '@tsformer/attention';
-import { mlpHidden, modelConfigSchema, type ModelConfig, type ModelConfigInput } from './config.js';
+import { layerSpecs, mlpHidden, modelConfigSchema, type LayerSpec, type ModelConfig, type ModelConfigInput } from './config.js';
 
 type Norm = RMSNorm | LayerNorm;
 type Mlp = SwiGLU | GeluMlp;
@@ -28,11 +28,11 @@ export class Block extends Module {
   readonly mlp: Mlp;
   readonly dropout: Dropout;
 
-  constructor(cfg: ModelConfig, positional: PositionalEncoding, rng: Rng) {
+  constructor(cfg: ModelConfig, spec: LayerSpec, positional: PositionalEncoding, rng: Rng) {
     super();
     const outStd = cfg.initStd / Math.sqrt(2 * cfg.nLayers);
     this.attn_norm = this.addModule('attn_norm', makeNorm(cfg));
-    this.attn = this.addModule('attn', createAttention(cfg.attention, { dModel: cfg.dModel, positional, rng, outStd, contextLength: cfg.maxSeqLen }));
+    this.attn = this.addModule('attn', createAttention(spec.attention, { dModel: cfg.dModel, positional, rng, outStd, contextLength: cfg.maxSeqLen }));
     this.mlp_norm = this.addModule('mlp_norm', makeNorm(cfg));
     const hidden = mlpHidden(cfg);
     const mlpOpts = { bias: cfg.mlp.bias, outStd };
@@ -68,7 +68,8 @@ export class DecoderLM extends Module {
   readonly layers: ModuleList<Block>;
   readonly norm: Norm;
   readonly lm_head?: Linear;
-  readonly #positional: PositionalEncoding;
+  /** One positional encoding per layer kind, shared by the layers of that kind. */
+  readonly #positionals = new Map<string, PositionalEncoding>();
 
   /** Builds a model from a config (validated here; defaults filled). `seed` drives the init. */
   constructor(config: ModelConfigInput | ModelConfig, opts: { seed?: number; rng?: Rng } = {}) {
@@ -80,10 +81,17 @@ export class DecoderLM extends Module {
     }
     const cfg = (this.config = parsed.data);
     const rng = opts.rng ?? Rng.seeded(opts.seed ?? 0);
-    this.#positional = createPositional(cfg.positional, attentionHeadDim(cfg.attention, cfg.dModel));
     this.embed = this.addModule('embed', new Embedding(cfg.vocabSize, cfg.dModel, rng, { std: cfg.initStd }));
     this.embedDropout = this.addModule('embed_dropout', new Dropout(cfg.dropout, rng));
-    this.layers = this.addModule('layers', new ModuleList(Array.from({ length: cfg.nLayers }, () => new Block(cfg, this.#positional, rng))));
+    const blocks = layerSpecs(cfg).map((spec) => {
+      let positional = this.#positionals.get(spec.kind);
+      if (!positional) {
+        positional = createPositional(spec.positional, attentionHeadDim(spec.attention, cfg.dModel));
+        this.#positionals.set(spec.kind, positional);
+      }
+      return new Block(cfg, spec, positional, rng);
+    });
+    this.layers = this.addModule('layers', new ModuleList(blocks));
     this.norm = this.addModule('norm', makeNorm(cfg));
     if (!cfg.tieEmbeddings) this.lm_head = this.addModule('lm_head', new Linear(cfg.dModel, cfg.vocabSize, rng, { std: cfg.initStd }));
   }

@@ -94,6 +94,44 @@ describe('DecoderLM', () => {
   });
 });
 
+describe('hybrid layer schedules', () => {
+  const hybrid: Partial<ModelConfigInput> = {
+    nLayers: 4,
+    attention: undefined,
+    layers: {
+      pattern: ['global', 'local'],
+      defs: {
+        global: { attention: { type: 'mha', numHeads: 4, numKvHeads: 1 }, positional: { type: 'none' } },
+        local: { attention: { type: 'mha', numHeads: 4, numKvHeads: 2 } },
+      },
+    },
+  };
+
+  it('expands the pattern over the layers, each def with its own attention and positional encoding', () => {
+    const m = build(hybrid);
+    const kinds = m.layers.items.map((b) => [(b.attn as unknown as { numKvHeads: number }).numKvHeads]);
+    expect(kinds).toEqual([[1], [2], [1], [2]]);
+    expect(m.namedParameters().find(([n]) => n === 'layers.0.attn.k_proj.weight')![1].variable.shape).toEqual([16, 4]);
+    expect(m.namedParameters().find(([n]) => n === 'layers.1.attn.k_proj.weight')![1].variable.shape).toEqual([16, 8]);
+  });
+
+  it('decodes with caches exactly like the full forward', async () => {
+    const m = build(hybrid, 3);
+    const prompt = [5, 6, 7];
+    const a = await generate(m, prompt, { maxNewTokens: 14, temperature: 0, useCache: true });
+    const b = await generate(m, prompt, { maxNewTokens: 14, temperature: 0, useCache: false });
+    expect(a).toEqual(b);
+  });
+
+  it('validates the schedule field by field', () => {
+    expect(() => build({ ...hybrid, layers: { ...hybrid.layers!, pattern: ['global', 'nope'] } })).toThrow(/model\.layers\.pattern\.1: "nope" is not one of model\.layers\.defs \(global, local\)/);
+    expect(() => build({ ...hybrid, nLayers: 3 })).toThrow(/model\.layers\.pattern: has 2 entries, which does not divide model\.nLayers \(3\)/);
+    expect(() => build({ ...hybrid, attention: { type: 'mha', numHeads: 4 } })).toThrow(/model\.attention: give either/);
+    expect(() => build({ attention: undefined })).toThrow(/model\.attention: required/);
+    expect(() => build({ ...hybrid, layers: { pattern: ['a'], defs: { a: { attention: { type: 'mha', numHeads: 4 }, extra: 1 } } } as never })).toThrow(/model\.layers\.defs\.a/);
+  });
+});
+
 describe('sampleToken', () => {
   const logits = Float32Array.from([0.1, 3, 2.9, -1, 0]);
   it('greedy picks the argmax', () => expect(sampleToken(logits, { temperature: 0 }, Rng.seeded(0))).toBe(1));
