@@ -71,11 +71,13 @@ export async function benchCommand(o: BenchOptions): Promise<BenchRow[]> {
   await tf.setBackend('cpu');
   if (o.peer) rows.push(await benchPeer(o.peer, o.peerText ?? config.data.train.path, config, o.out));
   const ref = rows.find((r) => r.backend === 'cpu');
+  const peer = rows.find((r) => r.backend.startsWith('peer'));
+  const ratio = (r: BenchRow, to: BenchRow | undefined) => (to ? `${(r.tokensPerSec / to.tokensPerSec).toFixed(2)}x` : '-');
   o.out.info(`\ntraining throughput: ${o.config} (batch ${batchSize} x ${gradAccum} x ${T} tokens, ${o.steps} timed steps after ${o.warmup} warm-up)\n`);
-  o.out.info('| backend | detail | ms/step | tokens/s | vs cpu |');
-  o.out.info('|---|---|---:|---:|---:|');
+  o.out.info(`| backend | detail | ms/step | tokens/s | vs cpu |${peer ? ' vs peer |' : ''}`);
+  o.out.info(`|---|---|---:|---:|---:|${peer ? '---:|' : ''}`);
   for (const r of rows) {
-    o.out.info(`| ${r.backend} | ${r.detail} | ${r.msPerStep.toFixed(1)} | ${Math.round(r.tokensPerSec).toLocaleString('en-US')} | ${ref ? (r.tokensPerSec / ref.tokensPerSec).toFixed(2) + 'x' : '-'} |`);
+    o.out.info(`| ${r.backend} | ${r.detail} | ${r.msPerStep.toFixed(1)} | ${Math.round(r.tokensPerSec).toLocaleString('en-US')} | ${ratio(r, ref)} |${peer ? ` ${ratio(r, peer)} |` : ''}`);
   }
   return rows;
 }

@@ -5,6 +5,8 @@ import { ConfigError, loadConfig } from './config.js';
 import { trainCommand } from './train-command.js';
 import { evalCommand, sampleCommand } from './inspect-commands.js';
 import { benchCommand } from './bench.js';
+import { benchAttention } from './bench-attention.js';
+import { plotCommand } from './plot.js';
 import { consoleOut, type Out } from './out.js';
 
 /** Runs the `tsformer` command line; resolves to the process exit code (never calls process.exit). */
@@ -134,6 +136,38 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
           peer: a.peer,
           out,
         });
+      },
+    )
+    .command(
+      'bench-attention',
+      'Forward and forward+backward time and peak tensor bytes of each attention module, per sequence length',
+      (y) =>
+        y
+          .option('backend', { ...backendOpt, default: 'wasm' })
+          .option('lengths', { type: 'string', default: '256,512,1024,2048,4096' })
+          .option('variants', { type: 'string', describe: 'comma-separated (default: all)' })
+          .option('repeats', { type: 'number', default: 1 }),
+      async (a) => {
+        await benchAttention({
+          backend: a.backend as BackendName,
+          lengths: a.lengths.split(',').map(Number),
+          variants: a.variants?.split(','),
+          repeats: a.repeats,
+          out,
+        });
+      },
+    )
+    .command(
+      'plot <runs..>',
+      'Plot validation (or training) loss of runs against tokens into an SVG',
+      (y) =>
+        y
+          .positional('runs', { type: 'string', array: true, demandOption: true })
+          .option('out', { type: 'string', default: 'loss.svg' })
+          .option('metric', { choices: ['eval', 'train'] as const, default: 'eval' as const })
+          .option('title', { type: 'string' }),
+      (a) => {
+        out.info(`wrote ${plotCommand({ runs: a.runs.map(String), out: a.out, metric: a.metric, title: a.title })}`);
       },
     )
     .command(

@@ -1,4 +1,5 @@
 import { readFileSync, existsSync } from 'node:fs';
+import { dirname, resolve as resolvePath } from 'node:path';
 import { BACKENDS, TsformerError } from '@tsformer/core';
 import { modelConfigSchema } from '@tsformer/model';
 import { datasetConfigSchema, tokenizerConfigSchema } from '@tsformer/data';
@@ -125,17 +126,49 @@ export function resolveConfig(raw: unknown, source: string): LoadedConfig {
   return { config, yaml: YAML.stringify(config) };
 }
 
-/** Reads a YAML config file, applies `dotted.key=value` overrides, validates. */
-export function loadConfig(file: string, overrides: string[] = []): LoadedConfig {
-  if (!existsSync(file)) throw new TsformerError(`config file not found: ${file}`, 'config');
+type Raw = Record<string, unknown>;
+
+function isMapping(v: unknown): v is Raw {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** Deep merge: mappings merge key by key, anything else replaces, and `null` deletes the key. */
+export function mergeConfig(base: Raw, over: Raw): Raw {
+  const out: Raw = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === null) delete out[k];
+    else if (isMapping(v) && isMapping(out[k])) out[k] = mergeConfig(out[k] as Raw, v);
+    else out[k] = v;
+  }
+  return out;
+}
+
+/**
+ * Reads a YAML file; `extends: <path relative to this file>` makes it a diff against another config
+ * (merged recursively; `key: null` removes a key of the base).
+ */
+function readRaw(file: string, chain: string[] = []): Raw {
+  if (!existsSync(file)) {
+    throw new TsformerError(chain.length ? `${chain.at(-1)}: extends: file not found: ${file}` : `config file not found: ${file}`, 'config');
+  }
+  if (chain.includes(resolvePath(file))) throw new ConfigError(file, [`extends: cycle (${[...chain, resolvePath(file)].join(' -> ')})`]);
   let raw: unknown;
   try {
     raw = YAML.parse(readFileSync(file, 'utf8'));
   } catch (e) {
     throw new ConfigError(file, [`not valid YAML: ${(e as Error).message}`]);
   }
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(file, ['(top level): expected a mapping of keys']);
-  for (const o of overrides) applyOverride(raw as Record<string, unknown>, o);
+  if (!isMapping(raw)) throw new ConfigError(file, ['(top level): expected a mapping of keys']);
+  const { extends: parent, ...rest } = raw;
+  if (parent === undefined) return rest;
+  if (typeof parent !== 'string') throw new ConfigError(file, ['extends: expected a path to another config file']);
+  return mergeConfig(readRaw(resolvePath(dirname(file), parent), [...chain, resolvePath(file)]), rest);
+}
+
+/** Reads a YAML config file (following `extends:`), applies `dotted.key=value` overrides, validates. */
+export function loadConfig(file: string, overrides: string[] = []): LoadedConfig {
+  const raw = readRaw(file);
+  for (const o of overrides) applyOverride(raw, o);
   return resolveConfig(raw, overrides.length ? `${file} (with overrides)` : file);
 }
 
