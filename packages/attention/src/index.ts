@@ -1,3 +1,4 @@
 export { disposeCache, type Attention, type AttentionCache, type AttentionContext, type AttentionDeps, type AttentionOutput } from './types.js';
 export { SoftmaxAttention, softmaxAttentionSchema, causalMask, type SoftmaxAttentionConfig, type KvCache } from './softmax.js';
-export { attentionRegistry, attentionConfigSchema, createAttention, attentionHeadDim, type AttentionConfig, type AttentionType } from './registry.js';
+export { MlaAttention, mlaAttentionSchema, type MlaAttentionConfig, type MlaCache } from './mla.js';
+export { attentionRegistry, attentionConfigSchema, createAttention, attentionHeadDim, kvCacheNumbersPerToken, type AttentionConfig, type AttentionType } from './registry.js';

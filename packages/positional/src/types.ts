@@ -13,6 +13,12 @@ export interface PositionalEncoding {
   rotate?(x: tf.Tensor, positions: Int32Array): tf.Tensor;
   /** Additive score bias [H, Tq, Tk] for query and key positions (e.g. ALiBi). */
   scoreBias?(numHeads: number, qPositions: Int32Array, kPositions: Int32Array): tf.Tensor;
+  /**
+   * True when `rotate`'s angles depend on the largest position of the call (dynamic NTK scaling).
+   * A key rotated in an earlier call then does not match the current queries: the shell should cache
+   * keys unrotated and rotate all cached keys with their positions at every call. Default false.
+   */
+  readonly lengthDependent?: boolean;
   dispose?(): void;
 }
 
