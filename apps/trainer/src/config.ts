@@ -132,12 +132,17 @@ function isMapping(v: unknown): v is Raw {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-/** Deep merge: mappings merge key by key, anything else replaces, and `null` deletes the key. */
+/**
+ * Deep merge: mappings merge key by key, anything else replaces, and `null` deletes the key. A mapping
+ * that names a different `type:` than the base's replaces it whole (the base's keys belong to the
+ * other component).
+ */
 export function mergeConfig(base: Raw, over: Raw): Raw {
   const out: Raw = { ...base };
   for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
     if (v === null) delete out[k];
-    else if (isMapping(v) && isMapping(out[k])) out[k] = mergeConfig(out[k] as Raw, v);
+    else if (isMapping(v) && isMapping(b) && (v.type === undefined || v.type === b.type)) out[k] = mergeConfig(b, v);
     else out[k] = v;
   }
   return out;

@@ -35,5 +35,8 @@ describe('config files', () => {
 
   it('mergeConfig replaces arrays and scalars, merges mappings', () => {
     expect(mergeConfig({ a: { b: 1, c: [1, 2] }, d: 1 }, { a: { c: [3] }, d: null })).toEqual({ a: { b: 1, c: [3] } });
+    // a different component type replaces the mapping instead of inheriting the other type's keys
+    expect(mergeConfig({ p: { type: 'rope', theta: 5 } }, { p: { type: 'alibi' } })).toEqual({ p: { type: 'alibi' } });
+    expect(mergeConfig({ p: { type: 'rope', theta: 5 } }, { p: { type: 'rope', fraction: 0.5 } })).toEqual({ p: { type: 'rope', theta: 5, fraction: 0.5 } });
   });
 });
