@@ -4,8 +4,8 @@ import { Rng, relativeError, tensorLeak, tf } from '@tsformer/core';
 import { Rope, noPositional, type PositionalEncoding } from '@tsformer/positional';
 import { SoftmaxAttention, softmaxAttentionSchema, type KvCache } from './softmax.js';
 import { naiveAttention } from './softmax-naive.js';
-import { attentionConfigSchema } from './registry.js';
-import { disposeCache } from './types.js';
+import { attentionConfigSchema, createAttention } from './registry.js';
+import { disposeCache, type AttentionCache } from './types.js';
 
 const DMODEL = 16;
 const CONTEXT = 64;
@@ -349,5 +349,53 @@ describe('config', () => {
     const bad = tf.zeros([2, 3, 8]);
     expect(() => m.forward(bad, { positions: range(3), training: false })).toThrow(/attention input: expected shape \[B, T, 16\], got \[2, 3, 8\]/);
     bad.dispose();
+  });
+});
+
+describe('SWAN logit scaling', () => {
+  const x = tf.keep(tf.tensor(Rng.seeded(21).normalArray(1 * 7 * 16), [1, 7, 16])); // [B, T, D]
+  const pos = Int32Array.from({ length: 7 }, (_, i) => i);
+
+  it('multiplies the logits of query n by log_a(a + n) outside training (and always, when asked)', async () => {
+    const mk = (logitScale?: object) =>
+      createAttention(attentionConfigSchema.parse({ type: 'mha', numHeads: 4, ...(logitScale ? { logitScale } : {}) }), {
+        dModel: 16,
+        positional: noPositional,
+        rng: Rng.seeded(4),
+        contextLength: 64,
+      }) as SoftmaxAttention;
+    const plain = mk();
+    const scaled = mk({ base: 3 });
+    const always = mk({ base: 3, when: 'always' });
+    made.push(plain, scaled, always);
+    // same init seed: identical weights
+    const train = (m: SoftmaxAttention) => m.forward(x, { positions: pos, training: true }).y.data();
+    expect(Array.from(await train(scaled))).toEqual(Array.from(await train(plain)));
+    expect(Array.from(await train(always))).not.toEqual(Array.from(await train(plain)));
+    // reference: plain attention with q pre-multiplied by the scale, via a scaled q_proj per position
+    const y = await scaled.forward(x, { positions: pos, training: false }).y.data();
+    const ref = await always.forward(x, { positions: pos, training: true }).y.data();
+    expect(relativeError(y, ref)).toBeLessThan(1e-6);
+    // query 0 is unscaled (log_a(a) = 1): its output equals the plain one
+    const y0 = Array.from(y).slice(0, 16);
+    const p0 = Array.from(await plain.forward(x, { positions: pos, training: false }).y.data()).slice(0, 16);
+    expect(relativeError(y0, p0)).toBeLessThan(1e-6);
+    // decoding equals the full forward
+    let cache: AttentionCache = scaled.initCache();
+    const rows: number[] = [];
+    for (let t = 0; t < 7; t++) {
+      const xt = x.slice([0, t, 0], [1, 1, 16]);
+      const out = scaled.forward(xt, { positions: Int32Array.of(t), cache, training: false });
+      disposeCache(cache);
+      cache = out.cache!;
+      rows.push(...(await out.y.data()));
+      tf.dispose([xt, out.y]);
+    }
+    disposeCache(cache);
+    expect(relativeError(rows, y)).toBeLessThan(1e-5);
+  });
+
+  it('rejects a base <= 1', () => {
+    expect(() => attentionConfigSchema.parse({ type: 'mha', numHeads: 4, logitScale: { base: 1 } })).toThrow(/logitScale.base must be > 1/);
   });
 });

@@ -44,6 +44,21 @@ export const softmaxAttentionSchema = z
     qkNorm: z.boolean().default(false),
     /** Gated attention: y = o_proj(o * sigmoid(x W_g)), per element, with `g_proj` dModel -> H*headDim. Default false. */
     outputGate: z.boolean().default(false),
+    /**
+     * SWAN-GPT's logit scaling for length extrapolation (meant for global NoPE layers): the logits of
+     * the query at position n are multiplied by log_a(a + n) = ln(a + n) / ln(a) (1 at n = 0, growing
+     * slowly). `when: inference` (default) applies it only outside training, as in SWAN; `always`
+     * trains with it too. Default: off.
+     */
+    logitScale: z
+      .object({
+        /** The log base a (> 1), e.g. the training context length. */
+        base: z.number().gt(1, { error: 'attention.logitScale.base must be > 1' }),
+        /** `inference` (default) or `always`. */
+        when: z.enum(['inference', 'always']).default('inference'),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -115,6 +130,8 @@ export class SoftmaxAttention extends Module implements Attention {
   readonly sigmoidBias: number;
   /** Sliding window length, or undefined for full causal attention. */
   readonly window: number | undefined;
+  /** SWAN logit scaling, when configured. */
+  readonly logitScale: SoftmaxAttentionConfig['logitScale'];
   readonly q_proj: Linear;
   readonly k_proj: Linear;
   readonly v_proj: Linear;
@@ -141,6 +158,7 @@ export class SoftmaxAttention extends Module implements Attention {
     }
     this.score = cfg.score ?? 'softmax';
     this.window = cfg.window;
+    this.logitScale = cfg.logitScale;
     if (cfg.sigmoidBias !== undefined && !Number.isFinite(cfg.sigmoidBias)) {
       throw new TsformerError(`attention.sigmoidBias must be a finite number, got ${cfg.sigmoidBias}`, 'config');
     }
@@ -201,6 +219,13 @@ export class SoftmaxAttention extends Module implements Attention {
       if (positional.rotate) {
         q = positional.rotate(q, ctx.positions);
         k = positional.rotate(k, ctx.positions);
+      }
+      const ls = this.logitScale;
+      if (ls && (ls.when === 'always' || !ctx.training)) {
+        // scaling q by s(pos_i) scales every logit of query i (and only its own position matters,
+        // so decoding still equals the full forward)
+        const s = Float32Array.from(ctx.positions, (n) => Math.log(ls.base + n) / Math.log(ls.base));
+        q = q.mul(tf.tensor(s, [1, T, 1, 1])); // [B, T, H, D]
       }
       if (cache) {
         if (cache.k && cache.v) {
