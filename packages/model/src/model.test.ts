@@ -102,7 +102,7 @@ describe('hybrid layer schedules', () => {
       pattern: ['global', 'local'],
       defs: {
         global: { attention: { type: 'mha', numHeads: 4, numKvHeads: 1 }, positional: { type: 'none' } },
-        local: { attention: { type: 'mha', numHeads: 4, numKvHeads: 2 } },
+        local: { attention: { type: 'mha', numHeads: 4, numKvHeads: 2, window: 3 } },
       },
     },
   };
@@ -115,7 +115,7 @@ describe('hybrid layer schedules', () => {
     expect(m.namedParameters().find(([n]) => n === 'layers.1.attn.k_proj.weight')![1].variable.shape).toEqual([16, 8]);
   });
 
-  it('decodes with caches exactly like the full forward', async () => {
+  it('decodes with caches (sliding-window ring buffers included) exactly like the full forward', async () => {
     const m = build(hybrid, 3);
     const prompt = [5, 6, 7];
     const a = await generate(m, prompt, { maxNewTokens: 14, temperature: 0, useCache: true });
