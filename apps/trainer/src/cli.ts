@@ -7,6 +7,7 @@ import { evalCommand, sampleCommand } from './inspect-commands.js';
 import { benchCommand } from './bench.js';
 import { benchAttention } from './bench-attention.js';
 import { plotCommand } from './plot.js';
+import { runsCommand } from './runs.js';
 import { consoleOut, type Out } from './out.js';
 
 /** Runs the `tsformer` command line; resolves to the process exit code (never calls process.exit). */
@@ -168,6 +169,14 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
           .option('title', { type: 'string' }),
       (a) => {
         out.info(`wrote ${plotCommand({ runs: a.runs.map(String), out: a.out, metric: a.metric, title: a.title })}`);
+      },
+    )
+    .command(
+      'runs [dir]',
+      'List the runs in a directory: attention, progress, validation loss, status',
+      (y) => y.positional('dir', { type: 'string', default: 'runs' }),
+      (a) => {
+        runsCommand({ runsDir: a.dir, out });
       },
     )
     .command(

@@ -85,6 +85,8 @@ describe('train, checkpoint, resume, sample, eval', () => {
     expect(state).toMatchObject({ step: 8, tokensSeen: 8 * 4 * 16, optimizerStep: 8, backend: 'cpu', loader: { seed: 7 } });
     expect(state.rng).toHaveLength(4);
     expect(existsSync(join(w.runs, 'tiny', 'samples', 'step-8.txt'))).toBe(true);
+    const listed = await cli('runs', w.runs);
+    expect(listed.text).toMatch(/\| tiny \| mha\(h2\) \| rope \| 8 \| 512 \| \d\.\d{4} \| \d\.\d{4} \| finished \|/);
 
     const s = await cli('sample', '--run', join(w.runs, 'tiny'), '--prompt', 'the jury', '--max-new-tokens', '12', '--temperature', '0');
     expect(s.code).toBe(0);
