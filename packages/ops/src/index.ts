@@ -1,1 +1,2 @@
 export * from './gla/index.js';
+export * from './delta/index.js';
