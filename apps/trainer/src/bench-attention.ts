@@ -3,6 +3,9 @@ import { attentionConfigSchema, attentionHeadDim, createAttention, kvCacheNumber
 import { createPositional, positionalConfigSchema } from '@tsformer/positional';
 import type { Out } from './out.js';
 
+/** What tfjs-wasm can hold (its heap is a 32-bit address space, at most 4 GiB, minus what tfjs keeps). */
+const HEAP_LIMIT = 3 * 2 ** 30;
+
 /** The attention modules compared by `npm run bench:attention`, at one model width. */
 export const BENCH_VARIANTS: Record<string, { attention: unknown; positional: unknown }> = {
   mha: { attention: { type: 'mha', numHeads: 8 }, positional: { type: 'rope' } },
@@ -63,6 +66,19 @@ export async function benchAttention(o: { backend: BackendName; lengths: number[
         return (performance.now() - t0) / o.repeats;
       };
       const base = tf.memory().numBytes;
+      // A wasm out-of-memory abort leaves the backend unusable, so lengths whose peak (extrapolated
+      // from the previous length: quadratic without a window, linear with one) would pass the heap
+      // limit are not attempted.
+      const prev = rows.filter((r) => r.variant === name && Number.isFinite(r.peakBytes)).at(-1);
+      const windowed = (cfg as { window?: number }).window !== undefined;
+      const predicted = prev ? prev.peakBytes * Math.pow(T / prev.T, windowed ? 1 : 2) : 0;
+      if (info.name === 'wasm' && predicted > HEAP_LIMIT) {
+        rows.push({ variant: name, T, forwardMs: NaN, trainMs: NaN, peakBytes: NaN, cacheNumbersPerToken: kvCacheNumbersPerToken(cfg, dModel) });
+        o.out.warn(`${name} T=${T}: skipped (predicted peak ${(predicted / 2 ** 30).toFixed(1)} GiB exceeds the wasm heap)`);
+        x.dispose();
+        attn.dispose();
+        continue;
+      }
       try {
         const forwardMs = await time(fwd);
         const trainMs = await time(train);
@@ -83,7 +99,7 @@ export async function benchAttention(o: { backend: BackendName; lengths: number[
   o.out.info('| module | T | forward ms | fwd+bwd ms | peak MiB (fwd+bwd) | KV cache numbers/token |');
   o.out.info('|---|---:|---:|---:|---:|---:|');
   for (const r of rows) {
-    const n = (x: number, f: (v: number) => string) => (Number.isFinite(x) ? f(x) : 'out of memory');
+    const n = (x: number, f: (v: number) => string) => (Number.isFinite(x) ? f(x) : 'over wasm heap');
     o.out.info(`| ${r.variant} | ${r.T} | ${n(r.forwardMs, (v) => v.toFixed(1))} | ${n(r.trainMs, (v) => v.toFixed(1))} | ${n(r.peakBytes, (v) => (v / 2 ** 20).toFixed(1))} | ${r.cacheNumbersPerToken} |`);
   }
   return rows;
