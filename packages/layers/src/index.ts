@@ -3,3 +3,6 @@ export { Embedding, embeddingLookup } from './embedding.js';
 export { RMSNorm, LayerNorm } from './norm.js';
 export { Dropout } from './dropout.js';
 export { SwiGLU, GeluMlp, gelu, type MlpOptions } from './mlp.js';
+export { ShortConv1d, type ShortConvOptions, type ShortConvOutput } from './shortconv.js';
+export { l2Normalize } from './l2norm.js';
+export { GatedRMSNorm } from './gated-norm.js';

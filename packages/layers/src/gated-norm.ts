@@ -1,0 +1,33 @@
+import { Module, TsformerError, checkShape, init, sameShape, tf } from '@tsformer/core';
+
+/**
+ * Gated RMSNorm over the last axis: RMSNorm(x) * weight * silu(gate), the per-head output norm of
+ * GLA and DeltaNet layers. x, gate: [..., D] -> [..., D].
+ */
+export class GatedRMSNorm extends Module {
+  readonly weight: tf.Variable; // [D]
+
+  /**
+   * @param dim size D of the normalized (last) axis.
+   * @param eps added to the mean square. Default 1e-5.
+   */
+  constructor(
+    readonly dim: number,
+    readonly eps = 1e-5,
+  ) {
+    super();
+    this.weight = this.addParam('weight', init.ones([dim]), { decay: false });
+  }
+
+  forward(x: tf.Tensor, gate: tf.Tensor): tf.Tensor {
+    checkShape('GatedRMSNorm input x', x, [...x.shape.slice(0, -1).map(() => null), this.dim]);
+    if (!sameShape(gate.shape, x.shape)) {
+      throw new TsformerError(`GatedRMSNorm gate: expected shape [${x.shape.join(', ')}] (that of x), got [${gate.shape.join(', ')}]`, 'shape');
+    }
+    return tf.tidy(() => {
+      const ms = x.square().mean(-1, true); // [..., 1]
+      const silu = gate.mul(gate.sigmoid()); // [..., D]
+      return x.mul(ms.add(this.eps).rsqrt()).mul(this.weight).mul(silu);
+    });
+  }
+}
