@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Attention, AttentionDeps } from './types.js';
 import { SoftmaxAttention, softmaxAttentionSchema, type SoftmaxAttentionConfig } from './softmax.js';
 import { MlaAttention, mlaAttentionSchema, type MlaAttentionConfig } from './mla.js';
+import { GlaAttention, glaAttentionSchema, type GlaAttentionConfig } from './gla.js';
 
 /**
  * Attention types by config `type:`. The config schema is the discriminated union of the entries'
@@ -16,11 +17,19 @@ export const attentionRegistry = {
     schema: mlaAttentionSchema,
     create: (cfg: MlaAttentionConfig, deps: AttentionDeps): Attention => new MlaAttention(cfg, deps),
   },
+  gla: {
+    schema: glaAttentionSchema,
+    create: (cfg: GlaAttentionConfig, deps: AttentionDeps): Attention => new GlaAttention(cfg, deps),
+  },
 } as const;
 
 export type AttentionType = keyof typeof attentionRegistry;
 
-export const attentionConfigSchema = z.discriminatedUnion('type', [attentionRegistry.mha.schema, attentionRegistry.mla.schema]);
+export const attentionConfigSchema = z.discriminatedUnion('type', [
+  attentionRegistry.mha.schema,
+  attentionRegistry.mla.schema,
+  attentionRegistry.gla.schema,
+]);
 export type AttentionConfig = z.infer<typeof attentionConfigSchema>;
 
 export function createAttention(cfg: AttentionConfig, deps: AttentionDeps): Attention {
@@ -29,12 +38,15 @@ export function createAttention(cfg: AttentionConfig, deps: AttentionDeps): Atte
       return attentionRegistry.mha.create(cfg, deps);
     case 'mla':
       return attentionRegistry.mla.create(cfg, deps);
+    case 'gla':
+      return attentionRegistry.gla.create(cfg, deps);
   }
 }
 
 /**
  * Per-head dim the positional encoding is built for, for a model width: the head dim for mha, the
- * rotated part (qkRopeHeadDim) for mla.
+ * rotated part (qkRopeHeadDim) for mla, the per-head key width for gla (which uses no positional
+ * encoding: the model may build one, the layer ignores it).
  */
 export function attentionHeadDim(cfg: AttentionConfig, dModel: number): number {
   switch (cfg.type) {
@@ -42,12 +54,17 @@ export function attentionHeadDim(cfg: AttentionConfig, dModel: number): number {
       return cfg.headDim ?? dModel / cfg.numHeads;
     case 'mla':
       return cfg.qkRopeHeadDim;
+    case 'gla':
+      return (dModel * cfg.expandK) / cfg.numHeads;
   }
 }
 
 /**
  * Numbers a decoding cache holds per token, per layer and per sequence: 2 * numKvHeads * headDim
  * for mha (keys and values), kvLoraRank + qkRopeHeadDim for mla (the latent and the shared rope key).
+ * 0 for gla: its cache is a recurrent state of constant size, numHeads * K * V numbers per layer and
+ * sequence (K, V the per-head key and value widths; plus (convSize - 1) * (2 * H*K + H*V) for the
+ * short-convolution tails when enabled), however many tokens it has absorbed.
  */
 export function kvCacheNumbersPerToken(cfg: AttentionConfig, dModel: number): number {
   switch (cfg.type) {
@@ -55,5 +72,7 @@ export function kvCacheNumbersPerToken(cfg: AttentionConfig, dModel: number): nu
       return 2 * (cfg.numKvHeads ?? cfg.numHeads) * (cfg.headDim ?? dModel / cfg.numHeads);
     case 'mla':
       return cfg.kvLoraRank + cfg.qkRopeHeadDim;
+    case 'gla':
+      return 0;
   }
 }

@@ -154,3 +154,34 @@ describe('sampleToken', () => {
     expect(Math.abs(zeros / n - 0.75)).toBeLessThan(0.03);
   });
 });
+
+describe('GLA in a DecoderLM', () => {
+  const base: ModelConfigInput = { vocabSize: 29, dModel: 16, nLayers: 2, maxSeqLen: 12, attention: { type: 'gla', numHeads: 2 } };
+
+  for (const attention of [
+    { type: 'gla', numHeads: 2 },
+    { type: 'gla', numHeads: 2, useShortConv: true, chunkSize: 4, gateLogitNormalizer: 2 },
+  ] as const) {
+    it(`builds and generates the same tokens with and without the cache (${JSON.stringify(attention)})`, async () => {
+      const m = new DecoderLM({ ...base, attention } as ModelConfigInput, { seed: 4 });
+      made.push(m);
+      expect(m.namedParameters().some(([n]) => n === 'layers.1.attn.gk_proj_b.bias')).toBe(true);
+      // Unit-scale weights so the greedy tokens vary.
+      const rng = Rng.seeded(8);
+      for (const [name, p] of m.namedParameters()) {
+        if (name.endsWith('norm.weight')) continue;
+        const v = p.variable;
+        const t = tf.tensor(rng.normalArray(v.size, 1 / Math.sqrt(v.shape[0]!)), v.shape);
+        v.assign(t);
+        t.dispose();
+      }
+      const prompt = [3, 1, 4, 1, 5];
+      // 14 new tokens run past maxSeqLen (12), so the window jump (and a fresh prefill) is exercised too.
+      const withCache = await generate(m, prompt, { maxNewTokens: 14, temperature: 0, useCache: true });
+      const without = await generate(m, prompt, { maxNewTokens: 14, temperature: 0, useCache: false });
+      expect(withCache).toEqual(without);
+      expect(new Set(withCache).size).toBeGreaterThan(1);
+      expect(await tensorLeak(() => generate(m, [1, 2, 3], { maxNewTokens: 4, temperature: 0 }))).toBe(0);
+    });
+  }
+});
