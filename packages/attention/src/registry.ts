@@ -59,6 +59,11 @@ export function attentionHeadDim(cfg: AttentionConfig, dModel: number): number {
   }
 }
 
+/** Whether an attention type takes a positional encoding (GLA's gates carry order; it takes none). */
+export function attentionUsesPositional(cfg: AttentionConfig): boolean {
+  return cfg.type !== 'gla';
+}
+
 /**
  * Numbers a decoding cache holds per token, per layer and per sequence: 2 * numKvHeads * headDim
  * for mha (keys and values), kvLoraRank + qkRopeHeadDim for mla (the latent and the shared rope key).

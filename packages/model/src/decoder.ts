@@ -1,7 +1,7 @@
 import { Module, Rng, TsformerError, checkShape, tf } from '@tsformer/core';
 import { Dropout, Embedding, GeluMlp, LayerNorm, Linear, RMSNorm, SwiGLU } from '@tsformer/layers';
-import { createPositional, type PositionalEncoding } from '@tsformer/positional';
-import { attentionHeadDim, createAttention, disposeCache, type Attention, type AttentionCache } from '@tsformer/attention';
+import { createPositional, noPositional, type PositionalEncoding } from '@tsformer/positional';
+import { attentionHeadDim, attentionUsesPositional, createAttention, disposeCache, type Attention, type AttentionCache } from '@tsformer/attention';
 import { layerSpecs, mlpHidden, modelConfigSchema, type LayerSpec, type ModelConfig, type ModelConfigInput } from './config.js';
 
 type Norm = RMSNorm | LayerNorm;
@@ -86,7 +86,7 @@ export class DecoderLM extends Module {
     const blocks = layerSpecs(cfg).map((spec) => {
       let positional = this.#positionals.get(spec.kind);
       if (!positional) {
-        positional = createPositional(spec.positional, attentionHeadDim(spec.attention, cfg.dModel));
+        positional = attentionUsesPositional(spec.attention) ? createPositional(spec.positional, attentionHeadDim(spec.attention, cfg.dModel)) : noPositional;
         this.#positionals.set(spec.kind, positional);
       }
       return new Block(cfg, spec, positional, rng);

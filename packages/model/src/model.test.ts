@@ -156,6 +156,12 @@ describe('sampleToken', () => {
 });
 
 describe('GLA in a DecoderLM', () => {
+  it('builds no positional encoding for GLA (an odd key width would not fit RoPE)', () => {
+    const m = new DecoderLM({ vocabSize: 29, dModel: 12, nLayers: 1, maxSeqLen: 8, attention: { type: 'gla', numHeads: 2 } }, { seed: 1 });
+    made.push(m);
+    expect(m.layers.items[0]!.attn.type).toBe('gla');
+  });
+
   const base: ModelConfigInput = { vocabSize: 29, dModel: 16, nLayers: 2, maxSeqLen: 12, attention: { type: 'gla', numHeads: 2 } };
 
   for (const attention of [
