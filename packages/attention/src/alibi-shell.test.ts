@@ -21,7 +21,7 @@ describe('ALiBi in the softmax shell', () => {
     const q = rnd(1, [B, T, H, D]), k = rnd(2, [B, T, H, D]), v = rnd(3, [B, T, H, D]);
     const bias = -Math.log(T);
     const o = scoreAttention(q, k, v, pos, pos, { score, sigmoidBias: bias, window, scoreBias: (qp, kp) => alibi.scoreBias(H, qp, kp) });
-    const [Q, K, Vv] = (await Promise.all([q.array(), k.array(), v.array()])) as number[][][][][];
+    const [Q, K, Vv] = (await Promise.all([q.array(), k.array(), v.array()])) as [number[][][][], number[][][][], number[][][][]];
     const slopes = alibiSlopes(H);
     const out = new Float64Array(T * H * D);
     for (let h = 0; h < H; h++)
