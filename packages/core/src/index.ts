@@ -7,4 +7,4 @@ export { checkShape } from './shape.js';
 export { matMul, matMulRouted, customOp, type CustomOp } from './ops.js';
 export { Registry } from './registry.js';
 export { selectBackend, availableBackends, BACKENDS, type BackendName, type BackendInfo } from './backend.js';
-export { tensorLeak, relativeError } from './testing.js';
+export { tensorLeak, relativeError, finiteDifferenceGradient, dot } from './testing.js';

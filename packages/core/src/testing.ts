@@ -23,3 +23,22 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): numbe
   }
   return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
 }
+
+/** Central finite-difference gradient of a scalar function of a vector (float64 test oracle). */
+export function finiteDifferenceGradient(f: (v: number[]) => number, v: ArrayLike<number>, h = 1e-5): number[] {
+  const base = Array.from(v);
+  return base.map((_, i) => {
+    const p = base.slice();
+    const m = base.slice();
+    p[i] = p[i]! + h;
+    m[i] = m[i]! - h;
+    return (f(p) - f(m)) / (2 * h);
+  });
+}
+
+/** Dot product of two equally long number sequences. */
+export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
+  return s;
+}

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { Rng, TsformerError, relativeError, tensorLeak, tf } from '@tsformer/core';
+import { Rng, TsformerError, relativeError, tensorLeak, tf, finiteDifferenceGradient, dot } from '@tsformer/core';
 import { GatedRMSNorm } from './index.js';
 
 /** The spec in float64: per row of length D, x / sqrt(mean(x^2) + eps) * w * silu(g). */
@@ -16,19 +16,6 @@ function naiveGatedRms(x: ArrayLike<number>, g: ArrayLike<number>, w: ArrayLike<
   }
   return y;
 }
-
-function fdGrad(f: (v: number[]) => number, v: ArrayLike<number>, h = 1e-5): number[] {
-  const base = Array.from(v);
-  return base.map((_, i) => {
-    const p = base.slice();
-    const m = base.slice();
-    p[i] = p[i]! + h;
-    m[i] = m[i]! - h;
-    return (f(p) - f(m)) / (2 * h);
-  });
-}
-
-const dot = (a: ArrayLike<number>, b: ArrayLike<number>): number => Array.from(a).reduce((s, v, i) => s + v * b[i]!, 0);
 
 const made: GatedRMSNorm[] = [];
 afterAll(() => made.forEach((m) => m.dispose()));
@@ -63,9 +50,9 @@ describe('GatedRMSNorm', () => {
     const loss = (xx: tf.Tensor, gg: tf.Tensor) => m.forward(xx, gg).mul(tf.tensor(r, shape)).sum() as tf.Scalar;
     const [dx, dg] = tf.grads(loss)([x, g]) as [tf.Tensor, tf.Tensor];
     const { value, grads } = tf.variableGrads(() => loss(x, g), [m.weight]);
-    const refX = fdGrad((v) => dot(naiveGatedRms(v, gs, ws, 1e-5), r), xs);
-    const refG = fdGrad((v) => dot(naiveGatedRms(xs, v, ws, 1e-5), r), gs);
-    const refW = fdGrad((v) => dot(naiveGatedRms(xs, gs, v, 1e-5), r), ws);
+    const refX = finiteDifferenceGradient((v) => dot(naiveGatedRms(v, gs, ws, 1e-5), r), xs);
+    const refG = finiteDifferenceGradient((v) => dot(naiveGatedRms(xs, v, ws, 1e-5), r), gs);
+    const refW = finiteDifferenceGradient((v) => dot(naiveGatedRms(xs, gs, v, 1e-5), r), ws);
     expect(relativeError(await dx.data(), refX)).toBeLessThan(1e-5);
     expect(relativeError(await dg.data(), refG)).toBeLessThan(1e-5);
     expect(relativeError(await grads[m.weight.name]!.data(), refW)).toBeLessThan(1e-5);

@@ -1,4 +1,5 @@
 import { Module, TsformerError, checkShape, init, sameShape, tf } from '@tsformer/core';
+import { rmsNormalize } from './norm.js';
 
 /**
  * Gated RMSNorm over the last axis: RMSNorm(x) * weight * silu(gate), the per-head output norm of
@@ -24,10 +25,6 @@ export class GatedRMSNorm extends Module {
     if (!sameShape(gate.shape, x.shape)) {
       throw new TsformerError(`GatedRMSNorm gate: expected shape [${x.shape.join(', ')}] (that of x), got [${gate.shape.join(', ')}]`, 'shape');
     }
-    return tf.tidy(() => {
-      const ms = x.square().mean(-1, true); // [..., 1]
-      const silu = gate.mul(gate.sigmoid()); // [..., D]
-      return x.mul(ms.add(this.eps).rsqrt()).mul(this.weight).mul(silu);
-    });
+    return tf.tidy(() => rmsNormalize(x, this.eps).mul(this.weight).mul(gate.mul(gate.sigmoid()))); // * silu(gate)
   }
 }

@@ -1,6 +1,6 @@
 export { Linear, type LinearOptions } from './linear.js';
 export { Embedding, embeddingLookup } from './embedding.js';
-export { RMSNorm, LayerNorm } from './norm.js';
+export { RMSNorm, LayerNorm, rmsNormalize } from './norm.js';
 export { Dropout } from './dropout.js';
 export { SwiGLU, GeluMlp, gelu, type MlpOptions } from './mlp.js';
 export { ShortConv1d, type ShortConvOptions, type ShortConvOutput } from './shortconv.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Rng, relativeError, tensorLeak, tf } from '@tsformer/core';
+import { Rng, relativeError, tensorLeak, tf, finiteDifferenceGradient, dot } from '@tsformer/core';
 import { l2Normalize } from './index.js';
 
 /** The spec in float64: each row of length D divided by sqrt(sum of squares + eps). */
@@ -12,19 +12,6 @@ function naiveL2(x: ArrayLike<number>, D: number, eps: number): number[] {
   }
   return y;
 }
-
-function fdGrad(f: (v: number[]) => number, v: ArrayLike<number>, h = 1e-5): number[] {
-  const base = Array.from(v);
-  return base.map((_, i) => {
-    const p = base.slice();
-    const m = base.slice();
-    p[i] = p[i]! + h;
-    m[i] = m[i]! - h;
-    return (f(p) - f(m)) / (2 * h);
-  });
-}
-
-const dot = (a: ArrayLike<number>, b: ArrayLike<number>): number => Array.from(a).reduce((s, v, i) => s + v * b[i]!, 0);
 
 describe('l2Normalize', () => {
   const shape = [2, 3, 4, 8];
@@ -39,7 +26,7 @@ describe('l2Normalize', () => {
       expect(y.shape).toEqual(shape);
       expect(relativeError(await y.data(), naiveL2(xs, 8, eps))).toBeLessThan(1e-5);
       const dx = tf.grad((xx: tf.Tensor) => l2Normalize(xx, eps).mul(tf.tensor(r, shape)).sum() as tf.Scalar)(x);
-      const ref = fdGrad((v) => dot(naiveL2(v, 8, eps), r), xs);
+      const ref = finiteDifferenceGradient((v) => dot(naiveL2(v, 8, eps), r), xs);
       expect(relativeError(await dx.data(), ref)).toBeLessThan(1e-5);
       tf.dispose([x, y, dx]);
     });

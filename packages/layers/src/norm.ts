@@ -13,11 +13,13 @@ export class RMSNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const ms = x.square().mean(-1, true); // [..., 1]
-      return x.mul(ms.add(this.eps).rsqrt()).mul(this.weight);
-    });
+    return tf.tidy(() => rmsNormalize(x, this.eps).mul(this.weight));
   }
+}
+
+/** x / sqrt(mean(x^2) + eps) over the last axis, no gain. */
+export function rmsNormalize(x: tf.Tensor, eps: number): tf.Tensor {
+  return tf.tidy(() => x.mul(x.square().mean(-1, true).add(eps).rsqrt())); // mean: [..., 1]
 }
 
 /** LayerNorm over the last axis with gain and (optional) bias. */

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { Rng, TsformerError, relativeError, tensorLeak, tf } from '@tsformer/core';
+import { Rng, TsformerError, relativeError, tensorLeak, tf, finiteDifferenceGradient, dot } from '@tsformer/core';
 import { ShortConv1d, type ShortConvOptions } from './index.js';
 
 /** The spec, in float64 loops: x [B, T, C], w [k, C], b [C], s0 [B, k-1, C] (all flat, row-major). */
@@ -28,19 +28,6 @@ function naiveShortConv(
 }
 
 /** Central differences of a float64 function of a flat vector. */
-function fdGrad(f: (v: number[]) => number, v: ArrayLike<number>, h = 1e-5): number[] {
-  const base = Array.from(v);
-  return base.map((_, i) => {
-    const p = base.slice();
-    const m = base.slice();
-    p[i] = p[i]! + h;
-    m[i] = m[i]! - h;
-    return (f(p) - f(m)) / (2 * h);
-  });
-}
-
-const dot = (a: ArrayLike<number>, b: ArrayLike<number>): number => Array.from(a).reduce((s, v, i) => s + v * b[i]!, 0);
-
 const made: ShortConv1d[] = [];
 function make(C: number, opts: ShortConvOptions = {}): ShortConv1d {
   const m = new ShortConv1d(C, Rng.seeded(3), opts);
@@ -95,23 +82,23 @@ describe('ShortConv1d', () => {
         const o = m.forward(xx, s);
         return loss(o.y, o.state);
       })(x);
-      expect(relativeError(await dx.data(), fdGrad((v) => refLoss(naiveShortConv(v, w, b, ss, dims, m.activation)), xs))).toBeLessThan(1e-5);
+      expect(relativeError(await dx.data(), finiteDifferenceGradient((v) => refLoss(naiveShortConv(v, w, b, ss, dims, m.activation)), xs))).toBeLessThan(1e-5);
       if (s && ss) {
         const ds = tf.grad((st: tf.Tensor) => {
           const o = m.forward(x, st);
           return loss(o.y, o.state);
         })(s);
-        expect(relativeError(await ds.data(), fdGrad((v) => refLoss(naiveShortConv(xs, w, b, v, dims, m.activation)), ss))).toBeLessThan(1e-5);
+        expect(relativeError(await ds.data(), finiteDifferenceGradient((v) => refLoss(naiveShortConv(xs, w, b, v, dims, m.activation)), ss))).toBeLessThan(1e-5);
         ds.dispose();
       }
       const { value, grads } = tf.variableGrads(() => {
         const o = m.forward(x, s);
         return loss(o.y, o.state);
       }, m.trainableVariables());
-      const dw = fdGrad((v) => refLoss(naiveShortConv(xs, v, b, ss, dims, m.activation)), w);
+      const dw = finiteDifferenceGradient((v) => refLoss(naiveShortConv(xs, v, b, ss, dims, m.activation)), w);
       expect(relativeError(await grads[m.weight.name]!.data(), dw)).toBeLessThan(1e-5);
       if (m.bias && b) {
-        const db = fdGrad((v) => refLoss(naiveShortConv(xs, w, v, ss, dims, m.activation)), b);
+        const db = finiteDifferenceGradient((v) => refLoss(naiveShortConv(xs, w, v, ss, dims, m.activation)), b);
         expect(relativeError(await grads[m.bias.name]!.data(), db)).toBeLessThan(1e-5);
       }
       tf.dispose([x, s, out.y, out.state, dx, value, ...Object.values(grads)]);

@@ -201,3 +201,19 @@ describe('Rope shapes', () => {
     expect(y.shape).toEqual([1, 0, 2, 8]);
   });
 });
+
+describe('Rope table reuse', () => {
+  it('reuses the tables for equal positions and recomputes them when the positions change', () => {
+    const rope = new Rope({ headDim: 8 });
+    const a = rope.tables(Int32Array.of(0, 1, 2));
+    expect(rope.tables(Int32Array.of(0, 1, 2))).toBe(a);
+    const b = rope.tables(Int32Array.of(5, 6, 7));
+    expect(b).not.toBe(a);
+    expect(b.cos[0]).toBeCloseTo(Math.cos(5), 6);
+    const pos = Int32Array.of(1, 2);
+    const c = rope.tables(pos);
+    pos[0] = 9; // a caller reusing its array must not see stale tables
+    expect(rope.tables(pos).cos[0]).toBeCloseTo(Math.cos(9), 6);
+    expect(c.cos[0]).toBeCloseTo(Math.cos(1), 6);
+  });
+});

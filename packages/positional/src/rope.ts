@@ -87,11 +87,16 @@ export class Rope implements PositionalEncoding {
     return baseInverseFrequencies(this.rotaryDim, this.theta);
   }
 
+  #lastTables?: { positions: Int32Array; tables: { cos: Float32Array; sin: Float32Array } };
+
   /**
    * cos and sin tables [T, R/2] for the given positions, attention factor included, computed in
    * float64 on the host. The sequence length for `dynamic` scaling is max(positions) + 1.
    */
   tables(positions: Int32Array): { cos: Float32Array; sin: Float32Array } {
+    // q and k of every layer rotate at the same positions within one forward: reuse the last tables
+    const last = this.#lastTables;
+    if (last && last.positions.length === positions.length && last.positions.every((p, i) => p === positions[i])) return last.tables;
     const half = this.rotaryDim / 2;
     const { invFreq, attentionFactor: m } = this.lengthDependent ? this.frequencies(seqLenOf(positions)) : this;
     const cos = new Float32Array(positions.length * half);
@@ -103,7 +108,9 @@ export class Rope implements PositionalEncoding {
         sin[t * half + i] = m * Math.sin(a);
       }
     });
-    return { cos, sin };
+    const tables = { cos, sin };
+    this.#lastTables = { positions: positions.slice(), tables };
+    return tables;
   }
 
   rotate(x: tf.Tensor, positions: Int32Array): tf.Tensor {
