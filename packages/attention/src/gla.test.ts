@@ -13,6 +13,7 @@ import {
   type AttentionCache,
   type GlaCache,
 } from './index.js';
+import { decodeInPieces, decodeSteps, range, redrawParams } from './test-support.js';
 
 const B = 2;
 const T = 9;
@@ -31,21 +32,11 @@ afterAll(() => made.forEach((m) => m.dispose()));
 function make(extra: Record<string, unknown> = {}, seed = 0): GlaAttention {
   const cfg = attentionConfigSchema.parse({ ...base, ...extra });
   const m = createAttention(cfg, { dModel: D, positional: noPositional, rng: Rng.seeded(seed), contextLength: 64 }) as GlaAttention;
-  const rng = Rng.seeded(seed + 100);
-  for (const [name, p] of m.namedParameters()) {
-    const v = p.variable;
-    const z = rng.normalArray(v.size);
-    const isGain = name === 'g_norm.weight';
-    const scale = isGain ? 0.3 : name.endsWith('.bias') ? 0.5 : name.includes('conv1d') ? 0.5 : 1 / Math.sqrt(v.shape[0]!);
-    const t = tf.tensor(Array.from(z, (e) => (isGain ? 1 : 0) + scale * e), v.shape);
-    v.assign(t);
-    t.dispose();
-  }
+  redrawParams(m, seed + 100, (name) => (name === 'g_norm.weight' ? [1, 0.3] : name.endsWith('.bias') || name.includes('conv1d') ? [0, 0.5] : undefined));
   made.push(m);
   return m;
 }
 
-const range = (n: number, from = 0) => Int32Array.from({ length: n }, (_, i) => i + from);
 const input = (seed: number, t = T) => tf.tensor(Rng.seeded(seed).normalArray(B * t * D), [B, t, D]);
 
 /**
@@ -81,24 +72,8 @@ function reference(m: GlaAttention, x: tf.Tensor): tf.Tensor {
   });
 }
 
-/** Decodes x [B, T, D] in pieces [start, length] with a cache; returns the concatenated outputs and the final cache. */
-function decode(m: GlaAttention, x: tf.Tensor, pieces: ReadonlyArray<readonly [number, number]>): { y: tf.Tensor; cache: GlaCache } {
-  let cache: AttentionCache = m.initCache();
-  const ys: tf.Tensor[] = [];
-  for (const [s, n] of pieces) {
-    const xs = x.slice([0, s, 0], [B, n, D]);
-    const out = m.forward(xs, { positions: range(n, s), cache, training: false });
-    xs.dispose();
-    disposeCache(cache);
-    cache = out.cache!;
-    ys.push(out.y);
-  }
-  const y = tf.concat(ys, 1);
-  tf.dispose(ys);
-  return { y, cache: cache as GlaCache };
-}
-
-const steps = (prefill: number, n = T): Array<[number, number]> => [[0, prefill], ...Array.from({ length: n - prefill }, (_, i) => [prefill + i, 1] as [number, number])];
+const decode = (m: GlaAttention, x: tf.Tensor, pieces: ReadonlyArray<readonly [number, number]>) => decodeInPieces<GlaCache>(m, x, pieces);
+const steps = (prefill: number, n = T) => decodeSteps(prefill, n);
 
 for (const useShortConv of [false, true]) {
   describe(`GLA attention${useShortConv ? ' with short convolutions' : ''}`, () => {

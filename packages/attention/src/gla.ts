@@ -2,19 +2,9 @@ import { Module, TsformerError, checkShape, tf } from '@tsformer/core';
 import { GatedRMSNorm, Linear, ShortConv1d } from '@tsformer/layers';
 import { glaChunk, glaStep } from '@tsformer/ops';
 import { z } from 'zod';
-import type { Attention, AttentionCache, AttentionContext, AttentionDeps, AttentionOutput } from './types.js';
-
-/** A positive integer, with a message that names the field. */
-function posInt(field: string) {
-  const error = (issue: { input?: unknown }) => `attention.${field} must be a positive integer (got ${JSON.stringify(issue.input)})`;
-  return z.number({ error }).int({ error }).positive({ error });
-}
-
-/** A positive finite number, with a message that names the field. */
-function posNumber(field: string) {
-  const error = (issue: { input?: unknown }) => `attention.${field} must be a positive number (got ${JSON.stringify(issue.input)})`;
-  return z.number({ error }).positive({ error }).finite({ error });
-}
+import type { Attention, AttentionContext, AttentionDeps, AttentionOutput } from './types.js';
+import { posInt, posNumber } from './fields.js';
+import { convolveQkv, keepRecurrentCache, type ConvStates, type RecurrentCache } from './recurrent.js';
 
 export const glaAttentionSchema = z
   .object({
@@ -42,22 +32,14 @@ export const glaAttentionSchema = z
 export type GlaAttentionConfig = z.infer<typeof glaAttentionSchema>;
 
 /** The short-convolution states of q, k and v: [B, convSize-1, H*K] (q, k) and [B, convSize-1, H*V] (v). */
-export interface GlaConvStates {
-  readonly q: tf.Tensor;
-  readonly k: tf.Tensor;
-  readonly v: tf.Tensor;
-}
+export type GlaConvStates = ConvStates;
 
 /**
- * The recurrent decoding cache: a constant-size state, whatever the number of tokens absorbed
- * (numHeads * K * V numbers per sequence and layer, plus the short-conv tails when enabled).
+ * The recurrent decoding cache: a constant-size state [B, H, K, V], whatever the number of tokens
+ * absorbed (numHeads * K * V numbers per sequence and layer, plus the short-conv tails when enabled).
  */
-export interface GlaCache extends AttentionCache {
+export interface GlaCache extends RecurrentCache {
   readonly kind: 'gla';
-  /** The GLA state after the absorbed tokens, [B, H, K, V]; null before the first token. */
-  readonly state: tf.Tensor | null;
-  /** The short-convolution states; null before the first token or without short convolutions. */
-  readonly conv: GlaConvStates | null;
 }
 
 /** The per-token inputs of the GLA op, before the recurrence. */
@@ -71,7 +53,7 @@ export interface GlaProjected {
   /** Log forget gates (<= 0): [B, T, H, K] */
   g: tf.Tensor;
   /** Next short-conv states (when short convolutions are on). */
-  conv?: { q: tf.Tensor; k: tf.Tensor; v: tf.Tensor };
+  conv?: ConvStates;
 }
 
 /**
@@ -184,15 +166,7 @@ export class GlaAttention extends Module implements Attention {
         o = r.o;
         state = r.finalState!;
       }
-      const conv = p.conv ? { q: tf.keep(p.conv.q), k: tf.keep(p.conv.k), v: tf.keep(p.conv.v) } : null;
-      tf.keep(state);
-      newCache = {
-        kind: 'gla',
-        length: cache.length + T,
-        state,
-        conv,
-        tensors: conv ? [state, conv.q, conv.k, conv.v] : [state],
-      };
+      newCache = keepRecurrentCache('gla', cache.length + T, state, p.conv);
       return this.output(x, o);
     });
     return { y, cache: newCache! };
@@ -210,14 +184,9 @@ export class GlaAttention extends Module implements Attention {
     let q = this.q_proj.forward(x); // [B, T, H*K]
     let k = this.k_proj.forward(x); // [B, T, H*K]
     let v = this.v_proj.forward(x); // [B, T, H*V]
-    let next: GlaProjected['conv'];
-    if (this.q_conv1d && this.k_conv1d && this.v_conv1d) {
-      const cq = this.q_conv1d.forward(q, conv?.q);
-      const ck = this.k_conv1d.forward(k, conv?.k);
-      const cv = this.v_conv1d.forward(v, conv?.v);
-      [q, k, v] = [cq.y, ck.y, cv.y];
-      next = { q: cq.state, k: ck.state, v: cv.state };
-    }
+    const convolved = convolveQkv({ q: this.q_conv1d, k: this.k_conv1d, v: this.v_conv1d }, q, k, v, conv);
+    [q, k, v] = [convolved.q, convolved.k, convolved.v];
+    const next = convolved.next;
     const gk = this.gk_proj_b.forward(this.gk_proj_a.forward(x)); // [B, T, H*K]
     const g = tf.logSigmoid(gk).div(this.gateLogitNormalizer); // [B, T, H*K], <= 0
     const out: GlaProjected = {

@@ -3,6 +3,13 @@ import type { Attention, AttentionDeps } from './types.js';
 import { SoftmaxAttention, softmaxAttentionSchema, type SoftmaxAttentionConfig } from './softmax.js';
 import { MlaAttention, mlaAttentionSchema, type MlaAttentionConfig } from './mla.js';
 import { GlaAttention, glaAttentionSchema, type GlaAttentionConfig } from './gla.js';
+import {
+  DeltaNetAttention,
+  deltaNetAttentionSchema,
+  gatedDeltaNetAttentionSchema,
+  type DeltaNetAttentionConfig,
+  type GatedDeltaNetAttentionConfig,
+} from './deltanet.js';
 
 /**
  * Attention types by config `type:`. The config schema is the discriminated union of the entries'
@@ -21,6 +28,14 @@ export const attentionRegistry = {
     schema: glaAttentionSchema,
     create: (cfg: GlaAttentionConfig, deps: AttentionDeps): Attention => new GlaAttention(cfg, deps),
   },
+  deltanet: {
+    schema: deltaNetAttentionSchema,
+    create: (cfg: DeltaNetAttentionConfig, deps: AttentionDeps): Attention => new DeltaNetAttention(cfg, deps),
+  },
+  'gated-deltanet': {
+    schema: gatedDeltaNetAttentionSchema,
+    create: (cfg: GatedDeltaNetAttentionConfig, deps: AttentionDeps): Attention => new DeltaNetAttention(cfg, deps),
+  },
 } as const;
 
 export type AttentionType = keyof typeof attentionRegistry;
@@ -29,6 +44,8 @@ export const attentionConfigSchema = z.discriminatedUnion('type', [
   attentionRegistry.mha.schema,
   attentionRegistry.mla.schema,
   attentionRegistry.gla.schema,
+  attentionRegistry.deltanet.schema,
+  attentionRegistry['gated-deltanet'].schema,
 ]);
 export type AttentionConfig = z.infer<typeof attentionConfigSchema>;
 
@@ -40,6 +57,10 @@ export function createAttention(cfg: AttentionConfig, deps: AttentionDeps): Atte
       return attentionRegistry.mla.create(cfg, deps);
     case 'gla':
       return attentionRegistry.gla.create(cfg, deps);
+    case 'deltanet':
+      return attentionRegistry.deltanet.create(cfg, deps);
+    case 'gated-deltanet':
+      return attentionRegistry['gated-deltanet'].create(cfg, deps);
   }
 }
 
@@ -56,20 +77,27 @@ export function attentionHeadDim(cfg: AttentionConfig, dModel: number): number {
       return cfg.qkRopeHeadDim;
     case 'gla':
       return (dModel * cfg.expandK) / cfg.numHeads;
+    case 'deltanet':
+    case 'gated-deltanet':
+      return cfg.headDim ?? dModel / cfg.numHeads;
   }
 }
 
-/** Whether an attention type takes a positional encoding (GLA's gates carry order; it takes none). */
+/**
+ * Whether an attention type takes a positional encoding. The linear family (GLA, DeltaNet, Gated
+ * DeltaNet) takes none: order enters through the recurrence.
+ */
 export function attentionUsesPositional(cfg: AttentionConfig): boolean {
-  return cfg.type !== 'gla';
+  return cfg.type === 'mha' || cfg.type === 'mla';
 }
 
 /**
  * Numbers a decoding cache holds per token, per layer and per sequence: 2 * numKvHeads * headDim
  * for mha (keys and values), kvLoraRank + qkRopeHeadDim for mla (the latent and the shared rope key).
- * 0 for gla: its cache is a recurrent state of constant size, numHeads * K * V numbers per layer and
- * sequence (K, V the per-head key and value widths; plus (convSize - 1) * (2 * H*K + H*V) for the
- * short-convolution tails when enabled), however many tokens it has absorbed.
+ * 0 for the linear family (gla, deltanet, gated-deltanet): the cache is a recurrent state of constant
+ * size, numHeads * K * V numbers per layer and sequence (K, V the per-head key and value widths;
+ * plus (convSize - 1) * (2 * H*K + H*V) for the short-convolution tails when enabled), however
+ * many tokens it has absorbed (see `recurrentStateNumbers`).
  */
 export function kvCacheNumbersPerToken(cfg: AttentionConfig, dModel: number): number {
   switch (cfg.type) {
@@ -78,6 +106,32 @@ export function kvCacheNumbersPerToken(cfg: AttentionConfig, dModel: number): nu
     case 'mla':
       return cfg.kvLoraRank + cfg.qkRopeHeadDim;
     case 'gla':
+    case 'deltanet':
+    case 'gated-deltanet':
       return 0;
+  }
+}
+
+/**
+ * Numbers a decoding cache holds per sequence and layer whatever its length: the recurrent state
+ * and short-convolution tails of the linear family; 0 for the KV-cache types.
+ */
+export function recurrentStateNumbers(cfg: AttentionConfig, dModel: number): number {
+  switch (cfg.type) {
+    case 'mha':
+    case 'mla':
+      return 0;
+    case 'gla': {
+      const hk = dModel * cfg.expandK;
+      const hv = dModel * cfg.expandV;
+      return (hk / cfg.numHeads) * hv + (cfg.useShortConv ? (cfg.convSize - 1) * (2 * hk + hv) : 0);
+    }
+    case 'deltanet':
+    case 'gated-deltanet': {
+      const k = cfg.headDim ?? dModel / cfg.numHeads;
+      const hk = cfg.numHeads * k;
+      const hv = hk * cfg.expandV;
+      return k * hv + (cfg.useShortConv ? (cfg.convSize - 1) * (2 * hk + hv) : 0);
+    }
   }
 }

@@ -155,7 +155,7 @@ describe('sampleToken', () => {
   });
 });
 
-describe('GLA in a DecoderLM', () => {
+describe('The linear family (GLA, DeltaNet, Gated DeltaNet) in a DecoderLM', () => {
   it('builds no positional encoding for GLA (an odd key width would not fit RoPE)', () => {
     const m = new DecoderLM({ vocabSize: 29, dModel: 12, nLayers: 1, maxSeqLen: 8, attention: { type: 'gla', numHeads: 2 } }, { seed: 1 });
     made.push(m);
@@ -167,11 +167,14 @@ describe('GLA in a DecoderLM', () => {
   for (const attention of [
     { type: 'gla', numHeads: 2 },
     { type: 'gla', numHeads: 2, useShortConv: true, chunkSize: 4, gateLogitNormalizer: 2 },
+    { type: 'deltanet', numHeads: 2, chunkSize: 4 },
+    { type: 'gated-deltanet', numHeads: 2, chunkSize: 4, allowNegEigval: true },
   ] as const) {
     it(`builds and generates the same tokens with and without the cache (${JSON.stringify(attention)})`, async () => {
       const m = new DecoderLM({ ...base, attention } as ModelConfigInput, { seed: 4 });
       made.push(m);
-      expect(m.namedParameters().some(([n]) => n === 'layers.1.attn.gk_proj_b.bias')).toBe(true);
+      expect(m.namedParameters().some(([n]) => n === 'layers.1.attn.o_proj.weight')).toBe(true);
+      expect(m.layers.items[1]!.attn.type).toBe(attention.type);
       // Unit-scale weights so the greedy tokens vary.
       const rng = Rng.seeded(8);
       for (const [name, p] of m.namedParameters()) {
