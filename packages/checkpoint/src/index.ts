@@ -28,6 +28,7 @@ export {
   readManifest,
   findResumeStep,
   pruneSteps,
+  readResumeStep,
   readLatestStep,
   stepDirName,
   parseStepDirName,
@@ -40,4 +41,24 @@ export {
   type ManifestEntry,
   type ReadStepOptions,
   type FindResumeOptions,
+  type PruneOptions,
 } from './store.js';
+export {
+  S3Store,
+  isS3Uri,
+  parseS3Uri,
+  redactSecrets,
+  addSecret,
+  type S3StoreOptions,
+  type S3Uri,
+} from './s3-store.js';
+export { openStore, openStepLocation, type OpenStoreOptions } from './open.js';
+export {
+  encodeShardedSafetensors,
+  decodeShardedSafetensors,
+  shardIndexName,
+  type ShardOptions,
+  type ShardIndex,
+  type DecodedShards,
+} from './shards.js';
+export { CheckpointWriter, type CheckpointWriterOptions, type SavedInfo } from './writer.js';

@@ -385,21 +385,33 @@ export async function findResumeStep(store: CheckpointStore, opts: FindResumeOpt
   return undefined;
 }
 
+/** Options of `pruneSteps`. */
+export interface PruneOptions {
+  /** Also keep every step that is a multiple of this (0 = off). Default 0. */
+  keepEvery?: number;
+}
+
 /**
- * Deletes the oldest complete steps beyond the newest `keepLast` (>= 1), and incomplete step
- * directories older than the newest complete step (left by crashes). Never touches the newest
- * complete step, nor incomplete directories newer than it (possibly being written). Each
- * removal deletes the manifest first. Returns the removed steps, ascending.
+ * Deletes the oldest complete steps beyond the newest `keepLast` (>= 1), except multiples of
+ * `keepEvery`, and incomplete step directories older than the newest complete step (left by
+ * crashes). Never touches the newest complete step, nor incomplete directories newer than it
+ * (possibly being written), so a step is deleted only once a newer manifest exists. Each removal
+ * deletes the manifest first. Returns the removed steps, ascending.
  */
-export async function pruneSteps(store: CheckpointStore, keepLast: number): Promise<number[]> {
+export async function pruneSteps(store: CheckpointStore, keepLast: number, opts: PruneOptions = {}): Promise<number[]> {
   if (!Number.isSafeInteger(keepLast) || keepLast < 1) {
     throw new TsformerError(`pruneSteps: keepLast must be an integer >= 1, got ${keepLast}`, 'checkpoint');
+  }
+  const keepEvery = opts.keepEvery ?? 0;
+  if (!Number.isSafeInteger(keepEvery) || keepEvery < 0) {
+    throw new TsformerError(`pruneSteps: keepEvery must be an integer >= 0, got ${keepEvery}`, 'checkpoint');
   }
   const complete = await listCompleteSteps(store);
   const newest = complete[complete.length - 1];
   if (newest === undefined) return [];
   const completeSet = new Set(complete);
-  const doomed = new Set(complete.slice(0, Math.max(0, complete.length - keepLast)));
+  const kept = (step: number) => keepEvery > 0 && step % keepEvery === 0;
+  const doomed = new Set(complete.slice(0, Math.max(0, complete.length - keepLast)).filter((s) => !kept(s)));
   for (const step of await listStepDirs(store)) {
     if (!completeSet.has(step) && step < newest) doomed.add(step);
   }
@@ -410,6 +422,27 @@ export async function pruneSteps(store: CheckpointStore, keepLast: number): Prom
     await store.remove(dir);
   }
   return removed;
+}
+
+/**
+ * Like `findResumeStep`, but returns the chosen step's files too, so each file is downloaded and
+ * hashed once (what a remote store wants). A newer complete step whose files fail verification is
+ * reported through `onWarning` and skipped. Undefined when no complete step passes.
+ */
+export async function readResumeStep(store: CheckpointStore, opts: FindResumeOptions = {}): Promise<{ step: number; files: Map<string, Uint8Array> } | undefined> {
+  const warn = opts.onWarning ?? ((msg: string) => console.warn(msg));
+  const steps = await listCompleteSteps(store);
+  for (let i = steps.length - 1; i >= 0; i--) {
+    const step = steps[i]!;
+    try {
+      return { step, files: await readStep(store, step) };
+    } catch (e) {
+      if (!(e instanceof TsformerError)) throw e;
+      const next = i > 0 ? `falling back to ${stepDirName(steps[i - 1]!)}` : 'no earlier complete step';
+      warn(`skipping ${stepDirName(step)}: ${e.message}; ${next}`);
+    }
+  }
+  return undefined;
 }
 
 /** The step the `latest` pointer names, or undefined when there is no (readable) pointer. */
