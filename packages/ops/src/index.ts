@@ -1,2 +1,3 @@
 export * from './gla/index.js';
 export * from './delta/index.js';
+export * from './path/index.js';
