@@ -188,7 +188,9 @@ export class GlaAttention extends Module implements Attention {
     [q, k, v] = [convolved.q, convolved.k, convolved.v];
     const next = convolved.next;
     const gk = this.gk_proj_b.forward(this.gk_proj_a.forward(x)); // [B, T, H*K]
-    const g = tf.logSigmoid(gk).div(this.gateLogitNormalizer); // [B, T, H*K], <= 0
+    // logsigmoid(z) = -softplus(-z). (Not tf.logSigmoid: its gradient reads the forward's input after
+    // tfjs has released it, which fails on the wasm backend.)
+    const g = tf.softplus(gk.neg()).neg().div(this.gateLogitNormalizer); // [B, T, H*K], <= 0
     const out: GlaProjected = {
       q: q.reshape([B, T, H, K]),
       k: k.reshape([B, T, H, K]),
