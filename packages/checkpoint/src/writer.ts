@@ -127,11 +127,16 @@ export class CheckpointWriter {
     this.#inFlight = task;
     if (await task) return;
     const again = this.#failed as { error: Error } | undefined; // set by the failed #write
-    const steps = await listCompleteSteps(this.store).catch(() => [] as number[]);
-    const newest = steps.at(-1);
+    let newest: string;
+    try {
+      const steps = await listCompleteSteps(this.store);
+      newest = steps.length > 0 ? `the newest complete step there is ${stepDirName(steps.at(-1)!)}` : 'there is no complete step there';
+    } catch {
+      newest =
+        this.#lastSaved !== undefined ? `the newest step this process saved there is ${stepDirName(this.#lastSaved)}` : 'this process saved no step there';
+    }
     throw new TsformerError(
-      `checkpoint ${this.store.location}/${stepDirName(failed.step)} could not be saved: ${(again ?? failed).error.message}; ` +
-        (newest !== undefined ? `the newest complete step there is ${stepDirName(newest)}` : 'there is no complete step there'),
+      `checkpoint ${this.store.location}/${stepDirName(failed.step)} could not be saved: ${(again ?? failed).error.message}; ${newest}`,
       'checkpoint',
     );
   }
