@@ -134,7 +134,7 @@ describe('S3Store on a loopback S3 server', () => {
 
     // step 4: a flipped byte; step 3: truncated; step 2: a missing file
     const flipped = bytesOf(3000, 4);
-    flipped[1234] ^= 0x01;
+    flipped[1234] = flipped[1234]! ^ 0x01;
     await s.writeFile('step-00000004/model.safetensors', flipped);
     await s.writeFile('step-00000003/optimizer.safetensors', bytesOf(5000, 103).subarray(0, 4000));
     await s.remove('step-00000002/trainer-state.json');
