@@ -74,10 +74,11 @@ export function pathBlockwise(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, w: tf.Te
     const Tm = unitLowerInverse(L).mul(bb.reshape([M, 1, C])); // [M, C, C]: A^-1 diag(beta), lower triangular
     const QW = matMul(qb, wb, false, true).mul(lower); // [M, C, C]: q_r . w_a for a <= r
     const WK = matMul(wb, kb, false, true).mul(strict); // [M, C, C]: w_b . k_c for b > c
-    const QWT = matMul(QW, Tm); // [M, C, C]
-    let intra = matMul(qb, kb, false, true).sub(matMul(QWT, WK)); // [M, C, C]: q_r^T H_r ... H_{c+1} k_c for c <= r
-    const pulledQ = qb.sub(matMul(QWT, wb)); // [M, C, D]: (q_r^T H_r ... H_0)^T
-    const keysToEnd = kb.sub(matMul(matMul(Tm, WK), wb, true, false)); // [M, C, D]: H_{C-1} ... H_{c+1} k_c
+    // Two C x C x C products per block (T WK and QW (T WK)); everything else is C x C x D.
+    const TWK = matMul(Tm, WK); // [M, C, C]
+    let intra = matMul(qb, kb, false, true).sub(matMul(QW, TWK)); // [M, C, C]: q_r^T H_r ... H_{c+1} k_c for c <= r
+    const pulledQ = qb.sub(matMul(QW, matMul(Tm, wb))); // [M, C, D]: (q_r^T H_r ... H_0)^T
+    const keysToEnd = kb.sub(matMul(TWK, wb, true, false)); // [M, C, D]: H_{C-1} ... H_{c+1} k_c
     const TtW = matMul(Tm, wb, true, false); // [M, C, D]: T^T W, moves carried keys across the block
 
     // PaTH-FoX: G_r = in-block cumulative log gate (inclusive), on the last axis.
