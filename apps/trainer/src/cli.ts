@@ -5,10 +5,20 @@ import { ConfigError, loadConfig } from './config.js';
 import { trainCommand } from './train-command.js';
 import { evalCommand, sampleCommand } from './inspect-commands.js';
 import { benchCommand } from './bench.js';
-import { benchAttention } from './bench-attention.js';
+import { benchAttention, benchDecode } from './bench-attention.js';
 import { plotCommand } from './plot.js';
 import { runsCommand } from './runs.js';
 import { consoleOut, type Out } from './out.js';
+
+/** `--checkpoint.a.b v` flags (parsed by yargs into `{ a: { b: v } }`) as `checkpoint.a.b=v` overrides. */
+function checkpointFlags(value: unknown, prefix = 'checkpoint'): string[] {
+  if (value === undefined) return [];
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    if (prefix === 'checkpoint') throw new ConfigError('command line', ['--checkpoint needs a key, e.g. --checkpoint.dir s3://bucket/prefix']);
+    return [`${prefix}=${JSON.stringify(value)}`];
+  }
+  return Object.entries(value).flatMap(([k, v]) => checkpointFlags(v, `${prefix}.${k}`));
+}
 
 /** Runs the `tsformer` command line; resolves to the process exit code (never calls process.exit). */
 export async function main(argv: string[], out: Out = consoleOut): Promise<number> {
@@ -34,7 +44,13 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
         y
           .positional('overrides', { type: 'string', array: true, describe: 'dotted.key=value config overrides' })
           .option('config', { type: 'string', demandOption: true, describe: 'YAML run config' })
-          .option('resume', { type: 'string', describe: '"auto" (newest complete step of this run) or a step directory' })
+          .option('resume', {
+            type: 'string',
+            describe: '"auto" (newest complete, verified step of this run; fresh start when none) or one step: .../step-<N> or s3://bucket/prefix/step-<N>',
+          })
+          // --checkpoint.<key> <value> is the override checkpoint.<key>=<value> (e.g. --checkpoint.s3.endpoint)
+          .option('checkpoint', { hidden: true })
+          .option('checkpoint.dir', { type: 'string', describe: 'where checkpoints go: a local path or s3://bucket/prefix (same as checkpoint.dir=...)' })
           .option('backend', backendOpt)
           .option('stop-at', { type: 'number', describe: 'stop with a checkpoint at this step (resume later with --resume auto)' }),
       async (a) => {
@@ -42,7 +58,7 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
         const onSignal = (sig: string) => {
           if (controller.signal.aborted) process.exit(130);
           out.warn(`\n${sig}: finishing this step and saving a checkpoint (send again to quit at once)`);
-          controller.abort();
+          controller.abort(sig);
         };
         const onInt = () => onSignal('SIGINT');
         const onTerm = () => onSignal('SIGTERM');
@@ -50,7 +66,7 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
         try {
           await trainCommand({
             config: a.config,
-            overrides: (a.overrides ?? []).map(String),
+            overrides: [...(a.overrides ?? []).map(String), ...checkpointFlags(a.checkpoint)],
             resume: a.resume,
             backend: a.backend as BackendName | undefined,
             stopAt: a['stop-at'],
@@ -145,17 +161,17 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
       (y) =>
         y
           .option('backend', { ...backendOpt, default: 'wasm' })
-          .option('lengths', { type: 'string', default: '256,512,1024,2048,4096' })
+          .option('lengths', { type: 'string', default: '256,512,1024,2048,4096,8192' })
           .option('variants', { type: 'string', describe: 'comma-separated (default: all)' })
-          .option('repeats', { type: 'number', default: 1 }),
+          .option('repeats', { type: 'number', default: 1 })
+          .option('svg', { type: 'string', describe: 'write a plot of forward+backward time per token against T' })
+          .option('decode', { type: 'number', default: 2048, describe: 'then decode this many tokens one at a time with each module (0: skip)' }),
       async (a) => {
-        await benchAttention({
-          backend: a.backend as BackendName,
-          lengths: a.lengths.split(',').map(Number),
-          variants: a.variants?.split(','),
-          repeats: a.repeats,
-          out,
-        });
+        const variants = a.variants?.split(',');
+        if (a.lengths) {
+          await benchAttention({ backend: a.backend as BackendName, lengths: a.lengths.split(',').filter(Boolean).map(Number), variants, repeats: a.repeats, svg: a.svg, out });
+        }
+        if (a.decode > 0) await benchDecode({ backend: a.backend as BackendName, tokens: a.decode, variants, out });
       },
     )
     .command(

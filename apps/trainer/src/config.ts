@@ -17,14 +17,48 @@ export const dataConfigSchema = z
   })
   .strict();
 
+const checksumMode = z.enum(['WHEN_SUPPORTED', 'WHEN_REQUIRED']);
+
+/** S3 settings, used when `checkpoint.dir` is `s3://bucket/prefix`. Credentials never go here: they come from the AWS chain. */
+export const s3ConfigSchema = z
+  .object({
+    /** AWS region. Default: the AWS chain (`AWS_REGION`, shared config), else us-east-1. */
+    region: z.string().min(1).optional(),
+    /** Endpoint of an S3-compatible store (MinIO, R2, Ceph), e.g. http://127.0.0.1:9000. Default: AWS (or AWS_ENDPOINT_URL_S3). */
+    endpoint: z
+      .url({ protocol: /^https?$/ })
+      .refine((u) => !/^[a-z]+:\/\/[^/]*@/i.test(u), 'must not contain credentials (use the AWS credential chain)')
+      .optional(),
+    /** Path-style URLs (`<endpoint>/<bucket>/<key>`), which most self-hosted stores need. Default false. */
+    forcePathStyle: z.boolean().default(false),
+    /** `WHEN_REQUIRED` for stores that reject the SDK's default CRC32 checksums. Default WHEN_SUPPORTED. */
+    requestChecksumCalculation: checksumMode.default('WHEN_SUPPORTED'),
+    /** `WHEN_REQUIRED` to skip validating response checksums. Default WHEN_SUPPORTED. */
+    responseChecksumValidation: checksumMode.default('WHEN_SUPPORTED'),
+    /** Multipart part size in MiB (at least 5). Default 16. */
+    partSizeMB: z.number().min(5).default(16),
+    /** Attempts of each upload/download, with exponential backoff. Default 5. */
+    attempts: z.number().int().min(1).default(5),
+    /** First backoff in ms (doubles per attempt, at most 8 s). Default 250. */
+    backoffMs: z.number().int().min(1).default(250),
+  })
+  .strict();
+
 export const checkpointConfigSchema = z
   .object({
-    /** Where step directories go. Default `<runsDir>/<name>/checkpoints`. */
+    /** Where step directories go: a local path or s3://bucket/prefix. Default `<runsDir>/<name>/checkpoints`. */
     dir: z.string().min(1).optional(),
     /** Save every this many steps (and at the end). Default 100. */
     every: z.number().int().min(0).default(100),
     /** Keep this many newest complete steps. Default 3. */
     keepLast: z.number().int().positive().default(3),
+    /** Also keep every step that is a multiple of this; 0 = off. Default 0. */
+    keepEvery: z.number().int().min(0).default(0),
+    /** Shard model weights into files of at most this many MiB (with model.safetensors.index.json). Default 2048. */
+    maxShardMB: z.number().positive().default(2048),
+    /** Upload in the background while training goes on (at most one upload in flight). Default true. */
+    background: z.boolean().default(true),
+    s3: s3ConfigSchema.prefault({}),
   })
   .strict();
 
@@ -57,7 +91,7 @@ export const runConfigSchema = z
     model: modelConfigSchema,
     data: dataConfigSchema,
     train: trainConfigSchema,
-    checkpoint: checkpointConfigSchema.default({ every: 100, keepLast: 3 }),
+    checkpoint: checkpointConfigSchema.prefault({}),
     sample: sampleConfigSchema.default({ prompt: 'The ', maxNewTokens: 200, temperature: 0.8, topK: 40, topP: 0.95 }),
   })
   .strict();

@@ -1,19 +1,32 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { Rng, TsformerError, selectBackend, type BackendName } from '@tsformer/core';
 import { DecoderLM, generate } from '@tsformer/model';
 import { BatchLoader, PackedSequences, createTokenizer, evalBatches, loadTokens, type Tokenizer } from '@tsformer/data';
 import { AdamW, NonFiniteError, Progress, trainLoop, type EvalLog, type LoopState, type StepLog } from '@tsformer/train';
-import { LocalStore, findResumeStep, listCompleteSteps, parseStepDirName, verifyStep, type CheckpointStore } from '@tsformer/checkpoint';
+import {
+  CheckpointWriter,
+  listCompleteSteps,
+  openStepLocation,
+  openStore,
+  readResumeStep,
+  readStep,
+  stepDirName,
+  type CheckpointStore,
+  type S3StoreOptions,
+} from '@tsformer/checkpoint';
 import YAML from 'yaml';
 import { checkConfigFiles, loadConfig, type RunConfig } from './config.js';
-import { describeStore, loadCheckpoint, saveCheckpoint, savedConfigYaml, type Trainable } from './checkpointing.js';
+import { describeStore, loadCheckpoint, savedConfigYaml, snapshotCheckpoint, type Trainable } from './checkpointing.js';
 import type { Out } from './out.js';
 
 export interface TrainOptions {
   config: string;
   overrides?: string[];
-  /** `auto` = newest complete step of this run (fresh start when none); otherwise a step directory. */
+  /**
+   * `auto` = newest complete step of this run's checkpoint store that verifies (fresh start when
+   * none); otherwise one step's location (`.../step-<N>`, a local path or `s3://...`).
+   */
   resume?: string;
   /** Overrides `backend` in the config. */
   backend?: BackendName;
@@ -39,15 +52,43 @@ export function runDirOf(config: RunConfig): string {
   return join(config.runsDir, config.name);
 }
 
-export function checkpointStoreOf(config: RunConfig): CheckpointStore {
-  return new LocalStore(config.checkpoint.dir ?? join(runDirOf(config), 'checkpoints'));
+/** The S3 options of a run config (used when `checkpoint.dir` is `s3://...`). */
+export function s3OptionsOf(config: RunConfig, out?: Out): S3StoreOptions {
+  const s3 = config.checkpoint.s3;
+  return {
+    region: s3.region,
+    endpoint: s3.endpoint,
+    forcePathStyle: s3.forcePathStyle,
+    requestChecksumCalculation: s3.requestChecksumCalculation,
+    responseChecksumValidation: s3.responseChecksumValidation,
+    partSize: Math.round(s3.partSizeMB * 1024 * 1024),
+    attempts: s3.attempts,
+    backoffMs: s3.backoffMs,
+    onRetry: out ? (m) => out.warn(`warning: ${m}`) : undefined,
+  };
 }
 
-/** Which step to resume from, or undefined for a fresh start. Validates before anything is created. */
-async function resolveResume(config: RunConfig, resume: string | undefined, out: Out): Promise<{ store: CheckpointStore; step?: number }> {
-  const store = checkpointStoreOf(config);
+/** Where a run's checkpoints go: `checkpoint.dir` (a path or s3://bucket/prefix), else `<runsDir>/<name>/checkpoints`. */
+export function checkpointStoreOf(config: RunConfig, out?: Out): CheckpointStore {
+  return openStore(config.checkpoint.dir ?? join(runDirOf(config), 'checkpoints'), { s3: s3OptionsOf(config, out) });
+}
+
+/** The step a run resumes from: its files (verified against the manifest) and where they are. */
+interface ResumePoint {
+  step: number;
+  files: Map<string, Uint8Array>;
+  where: string;
+}
+
+/**
+ * Where to save, and which step to resume from (undefined = fresh start). Validates before anything
+ * is created. With an explicit step location the run still saves to its own `checkpoint.dir`, so
+ * a step can be moved (local -> S3, or to a new node) and picked up there.
+ */
+async function resolveResume(config: RunConfig, resume: string | undefined, out: Out): Promise<{ store: CheckpointStore; from?: ResumePoint }> {
+  const store = checkpointStoreOf(config, out);
   if (resume === undefined) {
-    const existing = existsSync(store.location) ? await listCompleteSteps(store) : [];
+    const existing = await listCompleteSteps(store);
     if (existing.length > 0) {
       throw new TsformerError(
         `run "${config.name}" already has checkpoints in ${store.location} (newest step ${existing.at(-1)}): pass --resume auto to continue it, or set name=<another> to start a new run`,
@@ -57,31 +98,52 @@ async function resolveResume(config: RunConfig, resume: string | undefined, out:
     return { store };
   }
   if (resume === 'auto') {
-    if (!existsSync(store.location)) return { store };
-    const step = await findResumeStep(store, { onWarning: (m) => out.warn(`warning: ${m}`) });
-    return { store, step };
+    const found = await readResumeStep(store, { onWarning: (m) => out.warn(`warning: ${m}`) });
+    if (!found) {
+      out.info(`no complete checkpoint in ${store.location}: starting from step 0`);
+      return { store };
+    }
+    return { store, from: { ...found, where: `${store.location}/${stepDirName(found.step)}` } };
   }
-  // an explicit step directory
-  const step = parseStepDirName(basename(resume));
-  if (step === undefined) throw new TsformerError(`--resume ${resume}: not a step directory (expected .../step-<N>)`, 'checkpoint');
-  const explicit = new LocalStore(dirname(resume));
-  await verifyStep(explicit, step);
-  return { store: explicit, step };
+  // one step's location
+  const at = openStepLocation(resume, { s3: s3OptionsOf(config, out) });
+  try {
+    const files = await readStep(at.store, at.step);
+    return { store, from: { step: at.step, files, where: `${at.store.location}/${stepDirName(at.step)}` } };
+  } catch (e) {
+    if (e instanceof TsformerError) throw new TsformerError(`--resume ${resume}: ${e.message}`, 'checkpoint');
+    throw e;
+  }
 }
 
-/** Rejects resuming with a model or tokenizer different from the checkpoint's. */
-function checkCompatible(config: RunConfig, savedYaml: string | undefined, where: string): void {
-  if (!savedYaml) return;
-  const saved = YAML.parse(savedYaml) as Partial<RunConfig>;
+function flatten(prefix: string, v: unknown, out: Map<string, string>): void {
+  if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+    for (const [k, x] of Object.entries(v)) flatten(prefix ? `${prefix}.${k}` : k, x, out);
+  } else out.set(prefix, JSON.stringify(v));
+}
+
+/**
+ * Rejects resuming with a model or tokenizer different from the checkpoint's (parameter shapes are
+ * checked when the weights load); returns the other settings that changed (`key: old -> new`).
+ */
+function checkCompatible(config: RunConfig, savedYaml: string | undefined, where: string): string[] {
+  if (!savedYaml) return [];
+  const saved = new Map<string, string>();
+  const now = new Map<string, string>();
+  flatten('', YAML.parse(savedYaml), saved);
+  flatten('', config, now);
+  const fixed = (k: string) => k.startsWith('model.') || k.startsWith('data.tokenizer.');
   const diffs: string[] = [];
-  const compare = (prefix: string, a: unknown, b: unknown) => {
-    if (a !== null && b !== null && typeof a === 'object' && typeof b === 'object') {
-      for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) compare(`${prefix}.${k}`, (a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]);
-    } else if (JSON.stringify(a) !== JSON.stringify(b)) diffs.push(`${prefix}: checkpoint has ${JSON.stringify(b)}, config has ${JSON.stringify(a)}`);
-  };
-  compare('model', config.model, saved.model);
-  compare('data.tokenizer', config.data.tokenizer, saved.data?.tokenizer);
+  const changed: string[] = [];
+  for (const k of [...new Set([...saved.keys(), ...now.keys()])].sort()) {
+    const a = saved.get(k);
+    const b = now.get(k);
+    if (a === b) continue;
+    if (fixed(k)) diffs.push(`${k}: checkpoint has ${a ?? '(unset)'}, config has ${b ?? '(unset)'}`);
+    else changed.push(`${k}: ${a ?? '(unset)'} -> ${b ?? '(unset)'}`);
+  }
   if (diffs.length) throw new TsformerError(`cannot resume from ${where}: the config differs\n  ${diffs.join('\n  ')}`, 'config');
+  return changed;
 }
 
 function metricsPath(runDir: string): string {
@@ -117,7 +179,7 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
   const overrides = [...(o.overrides ?? []), ...(o.backend ? [`backend=${o.backend}`] : [])];
   const { config, yaml } = loadConfig(o.config, overrides);
   checkConfigFiles(config);
-  const { store, step: resumeStep } = await resolveResume(config, o.resume, o.out);
+  const { store, from } = await resolveResume(config, o.resume, o.out);
 
   const backend = await selectBackend(config.backend);
   o.out.info(`backend: ${backend.name} (${backend.detail})`);
@@ -129,22 +191,34 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
   const rng = Rng.seeded(config.seed);
   const model = new DecoderLM(config.model, { rng });
   const optimizer = new AdamW(model.namedParameters(), config.train.optimizer);
-  const t: Trainable = { model, optimizer, loader, rng, configYaml: yaml, scheduleType: config.train.schedule.type, backend: backend.name };
+  const t: Trainable = {
+    model,
+    optimizer,
+    loader,
+    rng,
+    configYaml: yaml,
+    scheduleType: config.train.schedule.type,
+    totalSteps: config.train.steps,
+    backend: backend.name,
+  };
   let releaseLock = () => {};
+  let writer: CheckpointWriter | undefined;
   try {
     let state: LoopState = { step: 0, tokensSeen: 0 };
-    if (resumeStep !== undefined) {
-      const files = await (await import('@tsformer/checkpoint')).readStep(store, resumeStep);
-      checkCompatible(config, savedConfigYaml(files), `${describeStore(store)} step ${resumeStep}`);
-      state = await loadCheckpoint(store, resumeStep, t);
-      o.out.info(`resumed from ${describeStore(store)} at step ${state.step} (${state.tokensSeen.toLocaleString('en-US')} tokens seen)`);
+    if (from !== undefined) {
+      // parameter shapes first (each mismatch named with both shapes), then the rest of the model config
+      state = loadCheckpoint(from.files, t, from.where);
+      const changed = checkCompatible(config, savedConfigYaml(from.files), from.where);
+      o.out.info(`resumed from ${from.where} at step ${state.step} (${state.tokensSeen.toLocaleString('en-US')} tokens seen)`);
+      if (changed.length > 0) o.out.info(`settings changed since that checkpoint:\n  ${changed.join('\n  ')}`);
+      if (from.where !== `${store.location}/${stepDirName(from.step)}`) o.out.info(`saving checkpoints to ${store.location}`);
     }
 
     const runDir = runDirOf(config);
     mkdirSync(join(runDir, 'samples'), { recursive: true });
     releaseLock = acquireRunLock(runDir);
     writeFileSync(join(runDir, 'config.yaml'), yaml);
-    if (resumeStep !== undefined) truncateMetrics(runDir, state.step);
+    if (from !== undefined) truncateMetrics(runDir, state.step);
     else writeFileSync(metricsPath(runDir), '');
     const log = (rec: object) => appendFileSync(metricsPath(runDir), `${JSON.stringify(rec)}\n`);
 
@@ -154,6 +228,21 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
         (valSeqs ? `, ${valSeqs.length.toLocaleString('en-US')} validation` : ''),
     );
     const progress = new Progress(config.train.steps, config.train.logEvery, o.out.stream, o.out.tty);
+    writer = new CheckpointWriter(store, {
+      keepLast: config.checkpoint.keepLast,
+      keepEvery: config.checkpoint.keepEvery,
+      background: config.checkpoint.background,
+      onSaved: (i) => {
+        log({ type: 'checkpoint', step: i.step, dir: i.dir, bytes: i.bytes, seconds: Number(i.seconds.toFixed(3)) });
+        const rate = i.seconds > 0 ? `, ${(i.bytes / 1e6 / i.seconds).toFixed(1)} MB/s` : '';
+        progress.note(`step ${i.step}: saved checkpoint ${store.location}/${i.dir} (${(i.bytes / 1e6).toFixed(2)} MB in ${i.seconds.toFixed(2)} s${rate})`);
+      },
+      onError: (step, e) => {
+        log({ type: 'checkpoint-failed', step, error: e.message });
+        progress.note(`warning: checkpoint ${stepDirName(step)} was not saved (${e.message}); training goes on and the next checkpoint tries again`);
+      },
+    });
+    const maxShardBytes = Math.round(config.checkpoint.maxShardMB * 1024 * 1024);
     const started = performance.now();
     let lastEval: EvalLog | undefined;
     let result;
@@ -178,14 +267,15 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
           progress.note(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)}, perplexity ${e.valPerplexity.toFixed(3)}`);
         },
         checkpoint: async (s: LoopState) => {
-          const dir = await saveCheckpoint(store, t, s, config.checkpoint.keepLast);
-          log({ type: 'checkpoint', step: s.step, dir });
-          progress.note(`step ${s.step}: saved checkpoint ${join(describeStore(store), dir)}`);
+          // training waits only for the snapshot (and for the previous upload, if still running)
+          const files = await snapshotCheckpoint(t, s, { maxShardBytes });
+          await writer!.save(s.step, files);
         },
       });
     } catch (e) {
       progress.done();
       if (e instanceof NonFiniteError) {
+        await writer.flush().catch((err: Error) => o.out.warn(`warning: ${err.message}`));
         const steps = await listCompleteSteps(store).catch(() => []);
         const last = steps.at(-1);
         throw new TsformerError(
@@ -196,6 +286,8 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
       }
       throw e;
     }
+    // the last checkpoint may still be uploading: wait for it before saying it is there
+    await writer.flush();
     progress.done();
     const wallSeconds = (performance.now() - started) / 1000;
     const summary: TrainSummary = {
@@ -220,7 +312,11 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
       writeFileSync(join(runDir, 'samples', `step-${result.step}.txt`), `${summary.sample}\n`);
       o.out.info(`\nsample (step ${result.step}, temperature ${config.sample.temperature}):\n${summary.sample}\n`);
     } else {
-      o.out.info(`stopped at step ${result.step}; continue with: tsformer train --config ${o.config} --resume auto`);
+      const why = o.signal?.aborted ? `interrupted by ${typeof o.signal.reason === 'string' ? o.signal.reason : 'a signal'}: ` : '';
+      o.out.info(
+        `${why}stopped at step ${result.step}; checkpoint ${store.location}/${stepDirName(result.step)} is complete; ` +
+          `continue with: tsformer train --config ${o.config} --resume auto`,
+      );
     }
     writeFileSync(join(runDir, 'summary.json'), `${JSON.stringify({ ...summary, sample: undefined }, null, 2)}\n`);
     o.out.info(
@@ -228,6 +324,8 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
     );
     return summary;
   } finally {
+    // never leave with an upload in flight (a failure was reported already)
+    await writer?.flush().catch(() => undefined);
     releaseLock();
     model.dispose();
     optimizer.dispose();
