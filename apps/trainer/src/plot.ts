@@ -2,7 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { TsformerError } from '@tsformer/core';
 
-interface Series {
+export interface Series {
   name: string;
   points: Array<[number, number]>;
 }
@@ -35,8 +35,13 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
 }
 
 /** A self-contained SVG line plot: one polyline per series, axes, ticks and a legend. */
-export function lineChartSvg(series: Series[], opts: { title: string; xLabel: string; yLabel: string }): string {
+export function lineChartSvg(series: Series[], opts: { title: string; xLabel: string; yLabel: string; xScale?: 'linear' | 'log2' }): string {
   const W = 720, H = 420, L = 70, R = 170, T = 40, B = 50;
+  const log2 = opts.xScale === 'log2';
+  if (log2) {
+    // Plot log2(x); ticks are labelled with x itself.
+    series = series.map((s) => ({ name: s.name, points: s.points.filter(([x]) => x > 0).map(([x, y]) => [Math.log2(x), y] as [number, number]) }));
+  }
   const all = series.flatMap((s) => s.points);
   if (all.length === 0) throw new TsformerError('nothing to plot: no points in the given runs', 'config');
   const [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
@@ -51,8 +56,13 @@ export function lineChartSvg(series: Series[], opts: { title: string; xLabel: st
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${W / 2 - R / 2}" y="22" text-anchor="middle" font-size="15">${esc(opts.title)}</text>`,
   ];
-  for (const t of niceTicks(x0, x1)) {
-    parts.push(`<line x1="${sx(t)}" x2="${sx(t)}" y1="${T}" y2="${H - B}" stroke="#eee"/>`, `<text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${t >= 1e6 ? `${+(t / 1e6).toFixed(2)}M` : t >= 1e3 ? `${+(t / 1e3).toFixed(1)}k` : t}</text>`);
+  const xTicks = log2 ? Array.from({ length: Math.floor(x1) - Math.ceil(x0) + 1 }, (_, i) => Math.ceil(x0) + i) : niceTicks(x0, x1);
+  const xLabel = (t: number) => {
+    const v = log2 ? 2 ** t : t;
+    return v >= 1e6 ? `${+(v / 1e6).toFixed(2)}M` : v >= 1e3 ? `${+(v / 1e3).toFixed(1)}k` : String(v);
+  };
+  for (const t of xTicks) {
+    parts.push(`<line x1="${sx(t)}" x2="${sx(t)}" y1="${T}" y2="${H - B}" stroke="#eee"/>`, `<text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${xLabel(t)}</text>`);
   }
   for (const t of niceTicks(ya, yb)) {
     parts.push(`<line x1="${L}" x2="${W - R}" y1="${sy(t)}" y2="${sy(t)}" stroke="#eee"/>`, `<text x="${L - 6}" y="${sy(t) + 4}" text-anchor="end">${t}</text>`);
