@@ -219,7 +219,7 @@ describe('PaTH config', () => {
   it('initializes o_proj with deps.outStd', async () => {
     const m = new PathAttention(pathAttentionSchema.parse({ type: 'path', numHeads: 2 }), { ...deps, dModel: 64, outStd: 0.002 });
     made.push(m);
-    const w = await m.o_proj.weight.data();
+    const w = (await m.o_proj.weight.data()) as Float32Array;
     const std = Math.sqrt(w.reduce((s, e) => s + e * e, 0) / w.length);
     expect(std).toBeGreaterThan(0.0015);
     expect(std).toBeLessThan(0.0025);
