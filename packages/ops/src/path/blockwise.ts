@@ -78,8 +78,10 @@ export function pathBlockwise(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, w: tf.Te
     const TWK = matMul(Tm, WK); // [M, C, C]
     let intra = matMul(qb, kb, false, true).sub(matMul(QW, TWK)); // [M, C, C]: q_r^T H_r ... H_{c+1} k_c for c <= r
     const pulledQ = qb.sub(matMul(QW, matMul(Tm, wb))); // [M, C, D]: (q_r^T H_r ... H_0)^T
-    const keysToEnd = kb.sub(matMul(TWK, wb, true, false)); // [M, C, D]: H_{C-1} ... H_{c+1} k_c
-    const TtW = matMul(Tm, wb, true, false); // [M, C, D]: T^T W, moves carried keys across the block
+    // Only needed to carry keys past a block: not for a single block without a returned state.
+    const carry = N > 1 || opts.outputState === true;
+    const keysToEnd = carry ? kb.sub(matMul(TWK, wb, true, false)) : undefined; // [M, C, D]: H_{C-1} ... H_{c+1} k_c
+    const TtW = carry ? matMul(Tm, wb, true, false) : undefined; // [M, C, D]: T^T W, moves carried keys across the block
 
     // PaTH-FoX: G_r = in-block cumulative log gate (inclusive), on the last axis.
     let G: tf.Tensor | undefined; // [M, C]
@@ -103,9 +105,9 @@ export function pathBlockwise(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, w: tf.Te
     };
     const intras = perBlock(intra); // N x [B*H, C, C]
     const pulled = perBlock(pulledQ); // N x [B*H, C, D]
-    const ends = perBlock(keysToEnd); // N x [B*H, C, D]
-    const ws = perBlock(wb); // N x [B*H, C, D]
-    const twS = perBlock(TtW); // N x [B*H, C, D]
+    const ends = keysToEnd ? perBlock(keysToEnd) : []; // N x [B*H, C, D]
+    const ws = carry ? perBlock(wb) : []; // N x [B*H, C, D]
+    const twS = TtW ? perBlock(TtW) : []; // N x [B*H, C, D]
     const vs = perBlock(vb); // N x [B*H, C, V]
     const Gs = G ? perBlock(G) : undefined; // N x [B*H, C]
     const toEnds = gatesToEnd ? perBlock(gatesToEnd) : undefined; // N x [B*H, C]

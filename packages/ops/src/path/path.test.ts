@@ -18,11 +18,13 @@ afterAll(() => drawn.forEach((d) => tf.dispose(d.inputs)));
  * q, k ~ N(0, qkStd^2) (logits of order one and more), unit-norm w, beta = 2 sigmoid(z) in (0, 2),
  * log f = logsigmoid(1.5 z + 2) (mostly near 0, some strong forgetting).
  */
-function draw(dims: PathDims, gated: boolean, seed: number, qkStd = 1.5): Draw {
+function draw(dims: PathDims, gated: boolean, seed: number, qkStd = 1.5, wSpread = 1): Draw {
   const { B, T, H, D, V } = dims;
   const rng = Rng.seeded(seed);
   const rows = B * T * H;
-  const w = rng.normalArray(rows * D);
+  // wSpread < 1: every w is a shared direction plus wSpread times noise (nearly collinear transforms)
+  const shared = rng.normalArray(D);
+  const w = rng.normalArray(rows * D).map((z, i) => (wSpread < 1 ? shared[i % D]! : 0) + wSpread * z);
   for (let r = 0; r < rows; r++) {
     let norm = 0;
     for (let i = 0; i < D; i++) norm += w[r * D + i]! ** 2;
@@ -218,6 +220,17 @@ describe('path ops', () => {
     tf.dispose([plain, zero]);
   });
 
+  it('blockwise stays accurate with nearly collinear w and beta near 2 (long reflection chains)', async () => {
+    const d = draw({ B: 1, T: 70, H: 2, D: 8, V: 8 }, false, 14, 1.5, 0.05);
+    for (let i = 0; i < d.host.beta.length; i++) d.host.beta[i] = 1.9 + 0.099 * Math.sin(i);
+    const beta = tf.tensor(d.host.beta, [1, 70, 2]);
+    d.inputs[4]!.dispose();
+    d.inputs[4] = beta;
+    const ref = await evaluate('naive', d);
+    expectClose(await evaluate({ block: 32 }, d), ref, 1e-4);
+    expect(relativeError(ref.o, pathHost(d.dims, d.host))).toBeLessThan(1e-4);
+  });
+
   it('blockwise stays accurate over a longer sequence with the default block (T = 150, C = 64)', async () => {
     const d = draw({ B: 1, T: 150, H: 1, D: 16, V: 8 }, true, 13);
     const r = call({ block: 64 }, d.inputs);
@@ -262,5 +275,20 @@ describe('path ops', () => {
     const [q1, v1, b1] = [tf.zeros([1, 2, 8]), tf.zeros([1, 2, 4]), tf.zeros([1, 2])];
     expect(() => pathDecodeStep(q1, q1, v1, q1, b1, { past: { keys: tf.zeros([1, 2, 3, 7]), values: tf.zeros([1, 2, 3, 4]) } })).toThrow(/pathDecodeStep past.keys/);
     tf.dispose([q, v, beta, past.keys, past.values, q1, v1, b1]);
+  });
+});
+
+describe('on the wasm backend', () => {
+  beforeAll(() => selectBackend('wasm'));
+  afterAll(() => selectBackend('cpu'));
+
+  it.each([false, true])('blockwise matches naive, and decode the definition (gated: %s)', async (gated) => {
+    const d = draw({ B: 2, T: 45, H: 2, D: 16, V: 8 }, gated, 15);
+    // inputs were made on cpu; tfjs moves them on first use
+    expectClose(await evaluate({ block: 16 }, d), await evaluate('naive', d), 1e-4);
+    const steps = decodeSteps(d.inputs, 0, 45, undefined);
+    expect(relativeError((await steps.o.data()) as Float32Array, pathHost(d.dims, d.host))).toBeLessThan(1e-5);
+    steps.o.dispose();
+    disposePathState(steps.state);
   });
 });
