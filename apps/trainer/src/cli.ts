@@ -15,7 +15,9 @@ function checkpointFlags(value: unknown, prefix = 'checkpoint'): string[] {
   if (value === undefined) return [];
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     if (prefix === 'checkpoint') throw new ConfigError('command line', ['--checkpoint needs a key, e.g. --checkpoint.dir s3://bucket/prefix']);
-    return [`${prefix}=${JSON.stringify(value)}`];
+    // true/false/numbers as YAML reads them; other strings quoted, so a path is taken as it is
+    const raw = String(value);
+    return [`${prefix}=${/^(true|false|-?\d+(\.\d+)?)$/.test(raw) ? raw : JSON.stringify(raw)}`];
   }
   return Object.entries(value).flatMap(([k, v]) => checkpointFlags(v, `${prefix}.${k}`));
 }

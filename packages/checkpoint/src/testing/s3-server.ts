@@ -39,6 +39,8 @@ export interface S3TestServer {
   fault?: (req: RecordedRequest) => boolean;
   /** Called for each request before it is served (after `fault`). */
   onRequest?: (req: RecordedRequest) => void;
+  /** When set, each request waits this many ms before it is served (a slow link). */
+  delay?: (req: RecordedRequest) => number;
   /** Options for an `S3Store` against this server (path style, test credentials, quick retries). */
   storeOptions(extra?: S3StoreOptions): S3StoreOptions;
   /** Environment for a child process using the standard credential chain against this server. */
@@ -121,6 +123,8 @@ export async function startS3Server(opts: S3TestServerOptions = {}): Promise<S3T
           return;
         }
         server.onRequest?.(rec);
+        const wait = server.delay?.(rec) ?? 0;
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
         const uploadId = rec.query.uploadId;
         if (ctx.method === 'DELETE' && uploadId !== undefined) {
           // AbortMultipartUpload: s3rver keeps parts in <bucket>/._S3rver_uploads/<id>
