@@ -57,7 +57,7 @@ export function pathDecodeStep(
       if (g) gates = tf.concat([opts.past.logGates!.reshape([BH, S]).add(g.reshape([BH, 1])), gates!], 1); // [B*H, S+1]
     }
     let logits = matMul(q.reshape([BH, 1, D]), keys, false, true).mul(scale); // [B*H, 1, S+1]
-    if (gates) logits = logits.add(gates.reshape([BH, 1, S + 1]));
+    if (gates) logits = logits.add(gates.reshape([BH, 1, S + 1])); // [B*H, 1, S+1]
     return [
       matMul(tf.softmax(logits), values).reshape([B, H, V]), // [B, H, V]
       keys.reshape([B, H, S + 1, D]), // [B, H, S+1, D]
