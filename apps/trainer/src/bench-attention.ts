@@ -32,6 +32,7 @@ export const BENCH_VARIANTS: Record<string, { attention: unknown; positional: un
   gla: { attention: { type: 'gla', numHeads: 8 }, positional: { type: 'none' } },
   deltanet: { attention: { type: 'deltanet', numHeads: 8 }, positional: { type: 'none' } },
   'gated-deltanet': { attention: { type: 'gated-deltanet', numHeads: 8 }, positional: { type: 'none' } },
+  path: { attention: { type: 'path', numHeads: 8 }, positional: { type: 'none' } },
 };
 
 /** Whether a module's cost grows linearly with T (a window, or a recurrence); else quadratically. */

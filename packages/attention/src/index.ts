@@ -13,6 +13,7 @@ export {
   type DeltaProjected,
 } from './deltanet.js';
 export { type ConvStates, type RecurrentCache } from './recurrent.js';
+export { PathAttention, pathAttentionSchema, pathKvNumbersPerToken, type PathAttentionConfig, type PathCache, type PathProjected } from './path.js';
 export { attentionRegistry, attentionConfigSchema, createAttention, attentionHeadDim,
   attentionUsesPositional, kvCacheNumbersPerToken, recurrentStateNumbers, type AttentionConfig, type AttentionType } from './registry.js';
 export { scoreAttention, type AttentionPath, type ScoreSpec } from './softmax.js';

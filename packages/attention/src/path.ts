@@ -223,7 +223,8 @@ export class PathAttention extends Module implements Attention {
     const w = l2Normalize(heads(wc.y)); // [B, T, H, D], unit rows
     const beta = this.bt_proj.forward(x).sigmoid().mul(2); // [B, T, H]
     const out: PathProjected = { q, k, v, w, beta, conv: wc.state };
-    if (this.g_proj) out.g = tf.logSigmoid(this.g_proj.forward(x)); // [B, T, H]
+    // logsigmoid as -softplus(-z): tf.logSigmoid's gradient reads a released tensor on wasm.
+    if (this.g_proj) out.g = tf.softplus(this.g_proj.forward(x).neg()).neg(); // [B, T, H]
     return out;
   }
 }

@@ -10,6 +10,7 @@ import {
   type DeltaNetAttentionConfig,
   type GatedDeltaNetAttentionConfig,
 } from './deltanet.js';
+import { PathAttention, pathAttentionSchema, pathKvNumbersPerToken, type PathAttentionConfig } from './path.js';
 
 /**
  * Attention types by config `type:`. The config schema is the discriminated union of the entries'
@@ -36,6 +37,10 @@ export const attentionRegistry = {
     schema: gatedDeltaNetAttentionSchema,
     create: (cfg: GatedDeltaNetAttentionConfig, deps: AttentionDeps): Attention => new DeltaNetAttention(cfg, deps),
   },
+  path: {
+    schema: pathAttentionSchema,
+    create: (cfg: PathAttentionConfig, deps: AttentionDeps): Attention => new PathAttention(cfg, deps),
+  },
 } as const;
 
 export type AttentionType = keyof typeof attentionRegistry;
@@ -46,6 +51,7 @@ export const attentionConfigSchema = z.discriminatedUnion('type', [
   attentionRegistry.gla.schema,
   attentionRegistry.deltanet.schema,
   attentionRegistry['gated-deltanet'].schema,
+  attentionRegistry.path.schema,
 ]);
 export type AttentionConfig = z.infer<typeof attentionConfigSchema>;
 
@@ -61,6 +67,8 @@ export function createAttention(cfg: AttentionConfig, deps: AttentionDeps): Atte
       return attentionRegistry.deltanet.create(cfg, deps);
     case 'gated-deltanet':
       return attentionRegistry['gated-deltanet'].create(cfg, deps);
+    case 'path':
+      return attentionRegistry.path.create(cfg, deps);
   }
 }
 
@@ -79,13 +87,15 @@ export function attentionHeadDim(cfg: AttentionConfig, dModel: number): number {
       return (dModel * cfg.expandK) / cfg.numHeads;
     case 'deltanet':
     case 'gated-deltanet':
+    case 'path':
       return cfg.headDim ?? dModel / cfg.numHeads;
   }
 }
 
 /**
  * Whether an attention type takes a positional encoding. The linear family (GLA, DeltaNet, Gated
- * DeltaNet) takes none: order enters through the recurrence.
+ * DeltaNet) takes none: order enters through the recurrence; PaTH is its own (data-dependent)
+ * position encoding.
  */
 export function attentionUsesPositional(cfg: AttentionConfig): boolean {
   return cfg.type === 'mha' || cfg.type === 'mla';
@@ -93,7 +103,8 @@ export function attentionUsesPositional(cfg: AttentionConfig): boolean {
 
 /**
  * Numbers a decoding cache holds per token, per layer and per sequence: 2 * numKvHeads * headDim
- * for mha (keys and values), kvLoraRank + qkRopeHeadDim for mla (the latent and the shared rope key).
+ * for mha (keys and values), kvLoraRank + qkRopeHeadDim for mla (the latent and the shared rope key),
+ * 2 * numHeads * headDim for path (its keys kept transformed, values; + numHeads gate sums with FoX).
  * 0 for the linear family (gla, deltanet, gated-deltanet): the cache is a recurrent state of constant
  * size, numHeads * K * V numbers per layer and sequence (K, V the per-head key and value widths;
  * plus (convSize - 1) * (2 * H*K + H*V) for the short-convolution tails when enabled), however
@@ -105,6 +116,8 @@ export function kvCacheNumbersPerToken(cfg: AttentionConfig, dModel: number): nu
       return 2 * (cfg.numKvHeads ?? cfg.numHeads) * (cfg.headDim ?? dModel / cfg.numHeads);
     case 'mla':
       return cfg.kvLoraRank + cfg.qkRopeHeadDim;
+    case 'path':
+      return pathKvNumbersPerToken(cfg, dModel);
     case 'gla':
     case 'deltanet':
     case 'gated-deltanet':
@@ -120,6 +133,7 @@ export function recurrentStateNumbers(cfg: AttentionConfig, dModel: number): num
   switch (cfg.type) {
     case 'mha':
     case 'mla':
+    case 'path':
       return 0;
     case 'gla': {
       const hk = dModel * cfg.expandK;

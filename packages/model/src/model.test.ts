@@ -155,7 +155,7 @@ describe('sampleToken', () => {
   });
 });
 
-describe('The linear family (GLA, DeltaNet, Gated DeltaNet) in a DecoderLM', () => {
+describe('The linear family (GLA, DeltaNet, Gated DeltaNet) and PaTH in a DecoderLM', () => {
   it('builds no positional encoding for GLA (an odd key width would not fit RoPE)', () => {
     const m = new DecoderLM({ vocabSize: 29, dModel: 12, nLayers: 1, maxSeqLen: 8, attention: { type: 'gla', numHeads: 2 } }, { seed: 1 });
     made.push(m);
@@ -169,6 +169,7 @@ describe('The linear family (GLA, DeltaNet, Gated DeltaNet) in a DecoderLM', () 
     { type: 'gla', numHeads: 2, useShortConv: true, chunkSize: 4, gateLogitNormalizer: 2 },
     { type: 'deltanet', numHeads: 2, chunkSize: 4 },
     { type: 'gated-deltanet', numHeads: 2, chunkSize: 4, allowNegEigval: true },
+    { type: 'path', numHeads: 2, blockSize: 4 },
   ] as const) {
     it(`builds and generates the same tokens with and without the cache (${JSON.stringify(attention)})`, async () => {
       const m = new DecoderLM({ ...base, attention } as ModelConfigInput, { seed: 4 });

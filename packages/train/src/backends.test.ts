@@ -11,6 +11,7 @@ const attentions: ModelConfigInput['attention'][] = [
   { type: 'gla', numHeads: 2, chunkSize: 8 },
   { type: 'deltanet', numHeads: 2, chunkSize: 8 },
   { type: 'gated-deltanet', numHeads: 2, chunkSize: 8 },
+  { type: 'path', numHeads: 2, blockSize: 8, forgetGate: true },
 ];
 const modelCfg = (attention: ModelConfigInput['attention']): ModelConfigInput => ({ vocabSize: 256, dModel: 32, nLayers: 2, maxSeqLen: 16, attention });
 const rng = Rng.seeded(3);
