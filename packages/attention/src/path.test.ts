@@ -253,3 +253,22 @@ describe('PaTH config', () => {
     x.dispose();
   });
 });
+
+describe('PaTH attention on the wasm backend', () => {
+  beforeAll(() => selectBackend('wasm'));
+  afterAll(() => selectBackend('cpu'));
+
+  it('with the forget gate, forward and backward match the reference', async () => {
+    const m = make({ forgetGate: true }, 11);
+    const x = input(13);
+    const w = tf.tensor(Rng.seeded(14).normalArray(B * T * D), [B, T, D]);
+    const vars = m.trainableVariables();
+    const g1 = tf.variableGrads(() => m.forward(x, { positions: range(T), training: true }).y.mul(w).sum() as tf.Scalar, vars);
+    const g2 = tf.variableGrads(() => reference(m, x).mul(w).sum() as tf.Scalar, vars);
+    expect(relativeError(await g1.value.data(), await g2.value.data())).toBeLessThan(1e-4);
+    for (const [name, p] of m.namedParameters()) {
+      expect(relativeError(await g1.grads[p.variable.name]!.data(), await g2.grads[p.variable.name]!.data()), name).toBeLessThan(1e-4);
+    }
+    tf.dispose([x, w, g1.value, g2.value, ...Object.values(g1.grads), ...Object.values(g2.grads)]);
+  });
+});
