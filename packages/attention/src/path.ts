@@ -3,12 +3,7 @@ import { Linear, RMSNorm, ShortConv1d, l2Normalize } from '@tsformer/layers';
 import { pathBlockwise, pathDecodeStep, type PathState } from '@tsformer/ops';
 import { z } from 'zod';
 import type { Attention, AttentionCache, AttentionContext, AttentionDeps, AttentionOutput } from './types.js';
-
-/** A positive integer, with a message that names the field. */
-function posInt(field: string) {
-  const error = (issue: { input?: unknown }) => `attention.${field} must be a positive integer (got ${JSON.stringify(issue.input)})`;
-  return z.number({ error }).int({ error }).positive({ error });
-}
+import { posInt } from './fields.js';
 
 export const pathAttentionSchema = z
   .object({
