@@ -257,9 +257,12 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
         checkpointEvery: config.checkpoint.every,
         stopAt: o.stopAt,
         signal: o.signal,
-        onStep: (s: StepLog) => {
+        onStep: async (s: StepLog) => {
           progress.update(s);
           if (s.step % config.train.logEvery === 0 || s.step === config.train.steps) log({ type: 'train', ...s });
+          // A step on the cpu/tensorflow backends never leaves the JavaScript thread: give the event
+          // loop one turn so that signals (SIGTERM) are seen and a background upload makes progress.
+          await new Promise<void>((resolve) => setImmediate(resolve));
         },
         onEval: (e: EvalLog) => {
           lastEval = e;
