@@ -6,3 +6,4 @@ export { SwiGLU, GeluMlp, gelu, type MlpOptions } from './mlp.js';
 export { ShortConv1d, type ShortConvOptions, type ShortConvOutput } from './shortconv.js';
 export { l2Normalize } from './l2norm.js';
 export { GatedRMSNorm } from './gated-norm.js';
+export { LoraAdapter, addLora, loraOf, injectLora, loraAdapters, mergeLora, matchesPath, isLoraParameter, baseStateDict, setTrainable, freeze, trainableParameters, trainableStateDict, type LoraOptions } from './lora.js';
