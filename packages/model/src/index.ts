@@ -1,3 +1,4 @@
 export { modelConfigSchema, normConfigSchema, mlpConfigSchema, layerDefSchema, layerScheduleSchema, layerSpecs, mlpHidden, type LayerSpec, type ModelConfig, type ModelConfigInput } from './config.js';
 export { DecoderLM, Block, ModuleList, disposeCaches, type ForwardOptions } from './decoder.js';
 export { generate, sampleToken, type GenerateOptions } from './generate.js';
+export * from './hf/index.js';
