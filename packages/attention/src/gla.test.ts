@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { Rng, relativeError, tensorLeak, tf } from '@tsformer/core';
+import { Rng, relativeError, tf } from '@tsformer/core';
 import { glaNaive } from '@tsformer/ops';
 import { noPositional } from '@tsformer/positional';
 import {
@@ -13,7 +13,16 @@ import {
   type AttentionCache,
   type GlaCache,
 } from './index.js';
-import { decodeInPieces, decodeSteps, range, redrawParams } from './test-support.js';
+import {
+  decodeInPieces,
+  decodeSteps,
+  expectCausal,
+  expectMatchesReference,
+  expectNoLeaks,
+  expectReferenceGradients,
+  range,
+  redrawParams,
+} from './testing/support.js';
 
 const B = 2;
 const T = 9;
@@ -82,30 +91,12 @@ for (const useShortConv of [false, true]) {
 
     it('matches the reference (projections + glaNaive + gated norm)', async () => {
       const m = make(extra);
-      const y = m.forward(x, { positions: range(T), training: true }).y;
-      const r = reference(m, x);
-      expect(y.shape).toEqual([B, T, D]);
-      expect(relativeError(await y.data(), await r.data())).toBeLessThan(1e-4);
-      tf.dispose([y, r]);
+      await expectMatchesReference({ m, reference: (xx) => reference(m, xx) }, x);
     });
 
     it('has the gradients of the reference (all parameters and x)', async () => {
       const m = make(extra, 3);
-      const w = tf.tensor(Rng.seeded(12).normalArray(B * T * D), [B, T, D]);
-      const vars = m.trainableVariables();
-      expect(vars.length).toBe(m.namedParameters().length);
-      const g1 = tf.variableGrads(() => m.forward(x, { positions: range(T), training: true }).y.mul(w).sum() as tf.Scalar, vars);
-      const g2 = tf.variableGrads(() => reference(m, x).mul(w).sum() as tf.Scalar, vars);
-      for (const [name, p] of m.namedParameters()) {
-        const a = await g1.grads[p.variable.name]!.data();
-        const b = await g2.grads[p.variable.name]!.data();
-        expect(relativeError(a, b), name).toBeLessThan(1e-4);
-        expect(relativeError(b, new Float32Array(b.length)), `${name} has a gradient`).toBeGreaterThan(0);
-      }
-      const gx1 = tf.grad((xx: tf.Tensor) => m.forward(xx, { positions: range(T), training: true }).y.mul(w).sum())(x);
-      const gx2 = tf.grad((xx: tf.Tensor) => reference(m, xx).mul(w).sum())(x);
-      expect(relativeError(await gx1.data(), await gx2.data())).toBeLessThan(1e-4);
-      tf.dispose([w, g1.value, g2.value, gx1, gx2, ...Object.values(g1.grads), ...Object.values(g2.grads)]);
+      await expectReferenceGradients({ m, reference: (xx) => reference(m, xx) }, x);
     });
 
     it('decodes (prefill 3 then 1 at a time; 1 at a time; two prefills) like the full forward', async () => {
@@ -134,39 +125,11 @@ for (const useShortConv of [false, true]) {
     });
 
     it('is causal: changing token 5 changes no output before it', async () => {
-      const m = make(extra, 7);
-      const bump = tf.tidy(() => tf.oneHot([5], T).reshape([1, T, 1]).mul(3));
-      const x2 = x.add(bump);
-      const ya = m.forward(x, { positions: range(T), training: false }).y;
-      const yb = m.forward(x2, { positions: range(T), training: false }).y;
-      const a = (await ya.array()) as number[][][];
-      const b = (await yb.array()) as number[][][];
-      for (let i = 0; i < B; i++) {
-        for (let t = 0; t < T; t++) {
-          const err = relativeError(b[i]![t]!, a[i]![t]!);
-          if (t < 5) expect(err, `token ${t}`).toBeLessThan(1e-6);
-          else if (t === 5) expect(err).toBeGreaterThan(1e-3);
-        }
-      }
-      tf.dispose([bump, x2, ya, yb]);
+      await expectCausal(make(extra, 7), x, 5);
     });
 
     it('leaks no tensors in forward + backward or in decoding', async () => {
-      const m = make(extra, 9);
-      const vars = m.trainableVariables();
-      expect(
-        await tensorLeak(() => {
-          const { value, grads } = tf.variableGrads(() => m.forward(x, { positions: range(T), training: true }).y.square().mean() as tf.Scalar, vars);
-          tf.dispose([value, ...Object.values(grads)]);
-        }),
-      ).toBe(0);
-      expect(
-        await tensorLeak(() => {
-          const { y, cache } = decode(m, x, steps(3, 6));
-          y.dispose();
-          disposeCache(cache);
-        }),
-      ).toBe(0);
+      await expectNoLeaks(make(extra, 9), x, steps(3, 6));
     });
   });
 }

@@ -1,9 +1,19 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Rng, relativeError, selectBackend, tensorLeak, tf } from '@tsformer/core';
+import { Rng, relativeError, selectBackend, tf } from '@tsformer/core';
 import { pathNaive } from '@tsformer/ops';
 import { noPositional } from '@tsformer/positional';
 import { PathAttention, pathAttentionSchema, pathKvNumbersPerToken, type PathCache } from './path.js';
 import { disposeCache, type AttentionCache } from './types.js';
+import {
+  decodeInPieces,
+  decodeSteps,
+  expectCausal,
+  expectMatchesReference,
+  expectNoLeaks,
+  expectReferenceGradients,
+  range,
+  redrawParams,
+} from './testing/support.js';
 
 const B = 2;
 const T = 11;
@@ -24,21 +34,13 @@ afterAll(() => made.forEach((m) => m.dispose()));
 function make(extra: Record<string, unknown> = {}, seed = 0): PathAttention {
   const cfg = pathAttentionSchema.parse({ ...base, ...extra });
   const m = new PathAttention(cfg, { ...deps, rng: Rng.seeded(seed) });
-  const rng = Rng.seeded(seed + 100);
-  for (const [name, p] of m.namedParameters()) {
-    const v = p.variable;
-    const z = rng.normalArray(v.size);
-    const isGain = name.endsWith('_norm.weight');
-    const scale = isGain ? 0.3 : name.endsWith('.bias') ? 0.5 : name.includes('conv1d') ? 0.5 : 1.5 / Math.sqrt(v.shape[0]!);
-    const t = tf.tensor(Array.from(z, (e) => (isGain ? 1 : 0) + scale * e), v.shape);
-    v.assign(t);
-    t.dispose();
-  }
+  redrawParams(m, seed + 100, (name, shape) =>
+    name.endsWith('_norm.weight') ? [1, 0.3] : name.endsWith('.bias') || name.includes('conv1d') ? [0, 0.5] : [0, 1.5 / Math.sqrt(shape[0]!)],
+  );
   made.push(m);
   return m;
 }
 
-const range = (n: number, from = 0) => Int32Array.from({ length: n }, (_, i) => i + from);
 const input = (seed: number, t = T) => tf.tensor(Rng.seeded(seed).normalArray(B * t * D), [B, t, D]);
 
 /**
@@ -70,24 +72,9 @@ function reference(m: PathAttention, x: tf.Tensor): tf.Tensor {
   });
 }
 
-/** Decodes x [B, T, D] in pieces [start, length] with a cache; returns the concatenated outputs and the final cache. */
-function decode(m: PathAttention, x: tf.Tensor, pieces: ReadonlyArray<readonly [number, number]>): { y: tf.Tensor; cache: PathCache } {
-  let cache: AttentionCache = m.initCache();
-  const ys: tf.Tensor[] = [];
-  for (const [s, n] of pieces) {
-    const xs = x.slice([0, s, 0], [B, n, D]);
-    const out = m.forward(xs, { positions: range(n, s), cache, training: false });
-    xs.dispose();
-    disposeCache(cache);
-    cache = out.cache!;
-    ys.push(out.y);
-  }
-  const y = tf.concat(ys, 1);
-  tf.dispose(ys);
-  return { y, cache: cache as PathCache };
-}
+const decode = (m: PathAttention, x: tf.Tensor, pieces: ReadonlyArray<readonly [number, number]>) => decodeInPieces<PathCache>(m, x, pieces);
 
-const steps = (prefill: number, n = T): Array<[number, number]> => [[0, prefill], ...Array.from({ length: n - prefill }, (_, i) => [prefill + i, 1] as [number, number])];
+const steps = (prefill: number, n = T) => decodeSteps(prefill, n);
 
 for (const extra of [{}, { forgetGate: true, qkNorm: true }]) {
   describe(`PaTH attention ${JSON.stringify(extra)}`, () => {
@@ -96,30 +83,12 @@ for (const extra of [{}, { forgetGate: true, qkNorm: true }]) {
 
     it('matches the reference (projections + pathNaive)', async () => {
       const m = make(extra);
-      const y = m.forward(x, { positions: range(T), training: true }).y;
-      const r = reference(m, x);
-      expect(y.shape).toEqual([B, T, D]);
-      expect(relativeError(await y.data(), await r.data())).toBeLessThan(1e-4);
-      tf.dispose([y, r]);
+      await expectMatchesReference({ m, reference: (xx) => reference(m, xx) }, x);
     });
 
     it('has the gradients of the reference (all parameters and x)', async () => {
       const m = make(extra, 3);
-      const w = tf.tensor(Rng.seeded(12).normalArray(B * T * D), [B, T, D]);
-      const vars = m.trainableVariables();
-      expect(vars.length).toBe(m.namedParameters().length);
-      const g1 = tf.variableGrads(() => m.forward(x, { positions: range(T), training: true }).y.mul(w).sum() as tf.Scalar, vars);
-      const g2 = tf.variableGrads(() => reference(m, x).mul(w).sum() as tf.Scalar, vars);
-      for (const [name, p] of m.namedParameters()) {
-        const a = await g1.grads[p.variable.name]!.data();
-        const b = await g2.grads[p.variable.name]!.data();
-        expect(relativeError(a, b), name).toBeLessThan(1e-4);
-        expect(relativeError(b, new Float32Array(b.length)), `${name} has a gradient`).toBeGreaterThan(0);
-      }
-      const gx1 = tf.grad((xx: tf.Tensor) => m.forward(xx, { positions: range(T), training: true }).y.mul(w).sum())(x);
-      const gx2 = tf.grad((xx: tf.Tensor) => reference(m, xx).mul(w).sum())(x);
-      expect(relativeError(await gx1.data(), await gx2.data())).toBeLessThan(1e-4);
-      tf.dispose([w, g1.value, g2.value, gx1, gx2, ...Object.values(g1.grads), ...Object.values(g2.grads)]);
+      await expectReferenceGradients({ m, reference: (xx) => reference(m, xx) }, x);
     });
 
     it('decodes (prefill 3 then 1 at a time; 1 at a time; two prefills) like the full forward', async () => {
@@ -151,39 +120,11 @@ for (const extra of [{}, { forgetGate: true, qkNorm: true }]) {
     });
 
     it('is causal: changing token 6 changes no output before it', async () => {
-      const m = make(extra, 7);
-      const bump = tf.tidy(() => tf.oneHot([6], T).reshape([1, T, 1]).mul(3));
-      const x2 = x.add(bump);
-      const ya = m.forward(x, { positions: range(T), training: false }).y;
-      const yb = m.forward(x2, { positions: range(T), training: false }).y;
-      const a = (await ya.array()) as number[][][];
-      const b = (await yb.array()) as number[][][];
-      for (let i = 0; i < B; i++) {
-        for (let t = 0; t < T; t++) {
-          const err = relativeError(b[i]![t]!, a[i]![t]!);
-          if (t < 6) expect(err, `token ${t}`).toBeLessThan(1e-6);
-          else expect(err, `token ${t}`).toBeGreaterThan(1e-3);
-        }
-      }
-      tf.dispose([bump, x2, ya, yb]);
+      await expectCausal(make(extra, 7), x, 6, true);
     });
 
     it('leaks no tensors in forward + backward or in decoding', async () => {
-      const m = make(extra, 9);
-      const vars = m.trainableVariables();
-      expect(
-        await tensorLeak(() => {
-          const { value, grads } = tf.variableGrads(() => m.forward(x, { positions: range(T), training: true }).y.square().mean() as tf.Scalar, vars);
-          tf.dispose([value, ...Object.values(grads)]);
-        }),
-      ).toBe(0);
-      expect(
-        await tensorLeak(() => {
-          const { y, cache } = decode(m, x, steps(3, 6));
-          y.dispose();
-          disposeCache(cache);
-        }),
-      ).toBe(0);
+      await expectNoLeaks(make(extra, 9), x, steps(3, 6));
     });
   });
 }
