@@ -62,3 +62,4 @@ export {
   type DecodedShards,
 } from './shards.js';
 export { CheckpointWriter, type CheckpointWriterOptions, type SavedInfo } from './writer.js';
+export { readHfDirectory, writeHfDirectory, safetensorsDtypes, HF_TOKENIZER_FILES, type HfDirectory, type HfDirectoryContents, type WriteHfOptions } from './hf.js';
