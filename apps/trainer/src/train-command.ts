@@ -316,10 +316,14 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
       o.out.info(`\nsample (step ${result.step}, temperature ${config.sample.temperature}):\n${summary.sample}\n`);
     } else {
       const why = o.signal?.aborted ? `interrupted by ${typeof o.signal.reason === 'string' ? o.signal.reason : 'a signal'}: ` : '';
-      o.out.info(
-        `${why}stopped at step ${result.step}; checkpoint ${store.location}/${stepDirName(result.step)} is complete; ` +
-          `continue with: tsformer train --config ${o.config} --resume auto`,
-      );
+      // the loop saved this step, unless nothing was trained since the start (or the resume point)
+      const saved =
+        writer.lastSaved === result.step
+          ? `checkpoint ${store.location}/${stepDirName(result.step)} is complete`
+          : from !== undefined && from.step === result.step
+            ? `no step trained since ${from.where}, nothing new to save`
+            : 'no step trained yet, nothing saved';
+      o.out.info(`${why}stopped at step ${result.step}; ${saved}; continue with: tsformer train --config ${o.config} --resume auto`);
     }
     writeFileSync(join(runDir, 'summary.json'), `${JSON.stringify({ ...summary, sample: undefined }, null, 2)}\n`);
     o.out.info(
