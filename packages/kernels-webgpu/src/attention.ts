@@ -1,0 +1,523 @@
+import type { TensorInfo, NamedAttrMap } from '@tensorflow/tfjs-core';
+import { tf } from '@tsformer/core';
+import { KernelProgram, f32, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+
+/**
+ * Fused causal attention (flash-style): queries and keys are taken in tiles, the softmax is
+ * computed online (running max and sum per query row), and no T x T tensor exists in memory.
+ *
+ * Layout: q [B, T, H, D], k and v [B, T, Hkv, D], o [B, T, H, D]; query head h reads kv head
+ * floor(h / G), G = H / Hkv (MHA, GQA, MQA). Positions are 0..T-1 for queries and keys (training
+ * and prefill without a cache). For query i and visible key j (j <= i, and i - j < window):
+ *
+ *   s_ij = scale * q_i . k_j - slope_h * (i - j)          (the ALiBi term only when slopes are given)
+ *   softmax: o_i = sum_j exp(s_ij - lse_i) v_j,  lse_i = log sum_j exp(s_ij)
+ *   sigmoid: o_i = sum_j sigmoid(s_ij + sigmoidBias) v_j  (no row normalization)
+ */
+export interface FlashAttentionOptions {
+  /** How scores become weights. Default `softmax`. */
+  score?: 'softmax' | 'sigmoid';
+  /** Added to every score before the sigmoid (sigmoid only). Default 0. */
+  sigmoidBias?: number;
+  /** Sliding window: query i sees keys i - window < j <= i. Default: full causal. */
+  window?: number;
+  /** ALiBi slopes, one per query head: adds -slope_h * (i - j). Default: no bias. */
+  alibiSlopes?: ArrayLike<number>;
+  /** Score scale. Default 1 / sqrt(D). */
+  scale?: number;
+}
+
+export const FLASH_ATTENTION = 'TsfFlashAttention';
+export const FLASH_ATTENTION_GRAD = 'TsfFlashAttentionGrad';
+
+interface Resolved {
+  sigmoid: boolean;
+  sigmoidBias: number;
+  window: number; // 0: none
+  scale: number;
+  alibi: boolean;
+}
+
+function resolve(o: FlashAttentionOptions, D: number): Resolved {
+  if (o.window !== undefined && !(Number.isInteger(o.window) && o.window > 0)) throw new Error(`flashAttention: window must be a positive integer, got ${o.window}`);
+  return {
+    sigmoid: (o.score ?? 'softmax') === 'sigmoid',
+    sigmoidBias: o.sigmoidBias ?? 0,
+    window: o.window ?? 0,
+    scale: o.scale ?? 1 / Math.sqrt(D),
+    alibi: o.alibiSlopes !== undefined,
+  };
+}
+
+function checkShapes(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor): [number, number, number, number, number] {
+  if (q.rank !== 4 || k.rank !== 4 || v.rank !== 4) throw new Error('flashAttention: q, k, v must be [B, T, H, D]');
+  const [B, T, H, D] = q.shape as [number, number, number, number];
+  const [Bk, Tk, Hkv, Dk] = k.shape as [number, number, number, number];
+  if (Bk !== B || Tk !== T || Dk !== D || !tf.util.arraysEqual(k.shape, v.shape)) {
+    throw new Error(`flashAttention: k ${k.shape} and v ${v.shape} must be [${B}, ${T}, Hkv, ${D}]`);
+  }
+  if (H % Hkv !== 0) throw new Error(`flashAttention: kv heads (${Hkv}) must divide query heads (${H})`);
+  return [B, T, H, Hkv, D];
+}
+
+/**
+ * The composite-op definition: dense scores with tfjs ops ([B, H, T, T] in memory). It runs on
+ * every backend, its gradient is tfjs autodiff, and it is the oracle of the fused kernel.
+ */
+export function flashAttentionComposite(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, opts: FlashAttentionOptions = {}): tf.Tensor {
+  const [B, T, H, Hkv, D] = checkShapes(q, k, v);
+  const r = resolve(opts, D);
+  const G = H / Hkv;
+  const allowed = new Float32Array(T * T);
+  for (let i = 0; i < T; i++) for (let j = 0; j <= i; j++) if (r.window === 0 || i - j < r.window) allowed[i * T + j] = 1;
+  return tf.tidy(() => {
+    const qg = q.transpose([0, 2, 1, 3]).reshape([B, Hkv, G * T, D]); // [B, Hkv, G*T, D], head h = kv * G + g
+    const kh = k.transpose([0, 2, 1, 3]); // [B, Hkv, T, D]
+    const vh = v.transpose([0, 2, 1, 3]); // [B, Hkv, T, D]
+    let s = tf.matMul(qg, kh, false, true).mul(r.scale).reshape([B, H, T, T]); // [B, H, T, T]
+    if (opts.alibiSlopes) {
+      const dist = new Float32Array(T * T);
+      for (let i = 0; i < T; i++) for (let j = 0; j < T; j++) dist[i * T + j] = i - j;
+      const slopes = tf.tensor(Float32Array.from(opts.alibiSlopes), [H, 1, 1]);
+      s = s.sub(slopes.mul(tf.tensor(dist, [1, T, T]))); // - slope_h (i - j)
+    }
+    let p: tf.Tensor;
+    if (r.sigmoid) {
+      p = tf.sigmoid(s.add(r.sigmoidBias)).mul(tf.tensor(allowed, [T, T])); // masked keys weigh exactly 0
+    } else {
+      const add = allowed.map((a) => (a ? 0 : -1e9));
+      p = tf.softmax(s.add(tf.tensor(add, [T, T])), -1);
+    }
+    const o = tf.matMul(p.reshape([B, Hkv, G * T, T]), vh); // [B, Hkv, G*T, D]
+    return o.reshape([B, H, T, D]).transpose([0, 2, 1, 3]); // [B, T, H, D]
+  });
+}
+
+/** Whether the fused kernel takes these shapes (else the composite path runs). */
+export function flashAttentionSupported(D: number): boolean {
+  return D % 4 === 0 && D <= 256;
+}
+
+/**
+ * Causal attention: the fused WGSL kernel on `webgpu` once `registerWebGpuKernels()` has run,
+ * the composite definition elsewhere. Same meaning, outputs and gradients on both.
+ */
+export function flashAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, opts: FlashAttentionOptions = {}): tf.Tensor {
+  const [, , H, , D] = checkShapes(q, k, v);
+  if (!kernelActive(FLASH_ATTENTION) || !flashAttentionSupported(D)) return flashAttentionComposite(q, k, v, opts);
+  const r = resolve(opts, D);
+  if (opts.alibiSlopes && opts.alibiSlopes.length !== H) throw new Error(`flashAttention: ${opts.alibiSlopes.length} ALiBi slopes for ${H} heads`);
+  return tf.tidy(() => {
+    const slopes = tf.tensor1d(opts.alibiSlopes ? Float32Array.from(opts.alibiSlopes) : new Float32Array(H));
+    const attrs = { sigmoid: r.sigmoid, sigmoidBias: r.sigmoidBias, window: r.window, scale: r.scale, alibi: r.alibi };
+    const [o] = tf.engine().runKernel(FLASH_ATTENTION, { q, k, v, slopes }, attrs as unknown as NamedAttrMap) as tf.Tensor[];
+    return o!;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// WGSL
+
+interface Dims {
+  B: number;
+  T: number;
+  H: number;
+  HKV: number;
+  D: number;
+}
+
+function dimsOf(q: TensorInfo, k: TensorInfo): Dims {
+  const [B, T, H, D] = q.shape as [number, number, number, number];
+  return { B, T, H, HKV: k.shape[2]!, D };
+}
+
+function attrsOf(a: NamedAttrMap): Resolved {
+  return { sigmoid: Boolean(a.sigmoid), sigmoidBias: a.sigmoidBias as number, window: a.window as number, scale: a.scale as number, alibi: Boolean(a.alibi) };
+}
+
+function constants(d: Dims, r: Resolved): string {
+  return `
+    const B = ${d.B}u; const T = ${d.T}u; const H = ${d.H}u; const HKV = ${d.HKV}u; const G = ${d.H / d.HKV}u;
+    const D4 = ${d.D / 4}u; const SCALE = ${f32(r.scale)}; const SBIAS = ${f32(r.sigmoidBias)};
+    const WINDOW = ${r.window}u; const SIGMOID = ${r.sigmoid}; const ALIBI = ${r.alibi};
+    const MASKED = -3.0e38;
+    // key j is visible from query i (both < T)
+    fn visible(i: u32, j: u32) -> bool { return j <= i && (WINDOW == 0u || i - j < WINDOW) && i < T && j < T; }
+  `;
+}
+
+function keyOf(name: string, d: Dims, r: Resolved, tiles: number[]): string {
+  return `${name}_${d.B}_${d.T}_${d.H}_${d.HKV}_${d.D}_${r.sigmoid}_${r.sigmoidBias}_${r.window}_${r.scale}_${r.alibi}_${tiles.join('x')}`;
+}
+
+/** Largest power-of-two tile (<= cap) whose shared-memory bytes fit the device. */
+function fitTile(cap: number, bytes: (n: number) => number, limit: number): number {
+  let n = cap;
+  while (n > 4 && bytes(n) > limit) n /= 2;
+  return n;
+}
+
+/**
+ * Forward: one thread per query row; a workgroup takes BR consecutive queries of one (b, h) and
+ * walks the key tiles it can see, K and V tiles of BC rows in shared memory. Heavy (late) query
+ * blocks are scheduled first. Output: o [B, T, H, D] then lse [B, H, T], packed in one buffer.
+ */
+function forwardProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): KernelProgram {
+  const BR = Math.min(64, maxThreads);
+  const BC = fitTile(32, (n) => 2 * n * d.D * 4 + 16, limit);
+  const NQB = Math.ceil(d.T / BR);
+  return new KernelProgram({
+    key: keyOf('tsf_fa_fwd', d, r, [BR, BC]),
+    outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
+    inputs: ['Q', 'K', 'V', 'S'],
+    components: [4, 4, 4, 1],
+    threads: BR,
+    numGroups: d.B * d.H * NQB,
+    body: `
+      ${constants(d, r)}
+      const BR = ${BR}u; const BC = ${BC}u; const NQB = ${NQB}u;
+      var<workgroup> kt: array<vec4<f32>, ${BC * (d.D / 4)}>;
+      var<workgroup> vt: array<vec4<f32>, ${BC * (d.D / 4)}>;
+      var<workgroup> wgShared: u32;
+      fn kernel() {
+        if (localIndex == 0u) { wgShared = wgIndex(); }
+        let wg = workgroupUniformLoad(&wgShared);
+        if (wg >= B * H * NQB) { return; }
+        let qb = NQB - 1u - wg % NQB;
+        let h = (wg / NQB) % H;
+        let b = wg / (NQB * H);
+        let g = h / G;
+        let i = qb * BR + localIndex;
+        let ic = min(i, T - 1u);
+        let slope = select(0.0, S[h], ALIBI);
+        var q: array<vec4<f32>, D4>;
+        var acc: array<vec4<f32>, D4>;
+        let qBase = ((b * T + ic) * H + h) * D4;
+        for (var c = 0u; c < D4; c++) { q[c] = Q[qBase + c] * SCALE; acc[c] = vec4<f32>(0.0); }
+        var m = MASKED;
+        var l = 0.0;
+        // keys this block can see: [kLo, kHi)
+        let iLo = qb * BR;
+        let kHi = min(T, iLo + BR);
+        var kLo = 0u;
+        if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
+        for (var j0 = (kLo / BC) * BC; j0 < kHi; j0 += BC) {
+          for (var e = localIndex; e < BC * D4; e += BR) {
+            let j = min(j0 + e / D4, T - 1u);
+            let src = ((b * T + j) * HKV + g) * D4 + e % D4;
+            kt[e] = K[src];
+            vt[e] = V[src];
+          }
+          workgroupBarrier();
+          var s: array<f32, BC>;
+          var mt = m;
+          for (var jt = 0u; jt < BC; jt++) {
+            let j = j0 + jt;
+            var x = 0.0;
+            for (var c = 0u; c < D4; c++) { x += dot(q[c], kt[jt * D4 + c]); }
+            if (ALIBI) { x -= slope * (f32(i) - f32(j)); }
+            if (!visible(i, j)) { x = MASKED; }
+            s[jt] = x;
+            mt = max(mt, x);
+          }
+          if (SIGMOID) {
+            for (var jt = 0u; jt < BC; jt++) {
+              let p = select(0.0, 1.0 / (1.0 + exp(-(s[jt] + SBIAS))), s[jt] > MASKED);
+              for (var c = 0u; c < D4; c++) { acc[c] += p * vt[jt * D4 + c]; }
+            }
+          } else {
+            let corr = exp(m - mt);
+            l *= corr;
+            for (var c = 0u; c < D4; c++) { acc[c] *= corr; }
+            for (var jt = 0u; jt < BC; jt++) {
+              let p = select(0.0, exp(s[jt] - mt), s[jt] > MASKED);
+              l += p;
+              for (var c = 0u; c < D4; c++) { acc[c] += p * vt[jt * D4 + c]; }
+            }
+            m = mt;
+          }
+          workgroupBarrier();
+        }
+        if (i < T) {
+          let inv = select(1.0 / l, 1.0, SIGMOID);
+          let oBase = ((b * T + i) * H + h) * D4 * 4u;
+          for (var c = 0u; c < D4; c++) {
+            let o = acc[c] * inv;
+            result[oBase + 4u * c] = o.x; result[oBase + 4u * c + 1u] = o.y;
+            result[oBase + 4u * c + 2u] = o.z; result[oBase + 4u * c + 3u] = o.w;
+          }
+          result[B * T * H * D4 * 4u + (b * H + h) * T + i] = select(m + log(l), 0.0, SIGMOID);
+        }
+      }`,
+  });
+}
+
+/** delta_i = dO_i . O_i per (b, h, i), [B, H, T] (softmax backward only). */
+function deltaProgram(d: Dims, r: Resolved): KernelProgram {
+  const threads = 128;
+  return new KernelProgram({
+    key: keyOf('tsf_fa_delta', d, r, [threads]),
+    outputShape: [d.B, d.H, d.T],
+    inputs: ['O', 'DO'],
+    components: [4, 4],
+    threads,
+    numGroups: Math.ceil((d.B * d.H * d.T) / threads),
+    body: `
+      ${constants(d, r)}
+      fn kernel() {
+        let n = wgIndex() * ${threads}u + localIndex;
+        if (n >= B * H * T) { return; }
+        let i = n % T; let h = (n / T) % H; let b = n / (T * H);
+        let base = ((b * T + i) * H + h) * D4;
+        var x = 0.0;
+        for (var c = 0u; c < D4; c++) { x += dot(O[base + c], DO[base + c]); }
+        result[n] = x;
+      }`,
+  });
+}
+
+/** The shared part of both backward kernels: dS from the recomputed score. */
+const dsSnippet = `
+  // p and dS for score x (already masked to MASKED when invisible), given dp = dO_i . v_j
+  fn weight(x: f32, lse: f32) -> f32 {
+    if (x <= MASKED) { return 0.0; }
+    if (SIGMOID) { return 1.0 / (1.0 + exp(-(x + SBIAS))); }
+    return exp(x - lse);
+  }
+  fn dscore(p: f32, dp: f32, delta: f32) -> f32 {
+    if (SIGMOID) { return dp * p * (1.0 - p); }
+    return p * (dp - delta);
+  }
+`;
+
+/**
+ * dQ: one thread per query row (like the forward): recompute s and p per key, dp = dO_i . v_j,
+ * dS = p (dp - delta_i) (softmax) or dp p (1 - p) (sigmoid), dq_i += dS k_j; dq = scale * that.
+ */
+function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): KernelProgram {
+  const BR = Math.min(64, maxThreads);
+  const BC = fitTile(32, (n) => 2 * n * d.D * 4 + 16, limit);
+  const NQB = Math.ceil(d.T / BR);
+  return new KernelProgram({
+    key: keyOf('tsf_fa_dq', d, r, [BR, BC]),
+    outputShape: [d.B, d.T, d.H, d.D],
+    inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
+    components: [4, 4, 4, 1, 4, 1, 1],
+    threads: BR,
+    numGroups: d.B * d.H * NQB,
+    body: `
+      ${constants(d, r)}
+      ${dsSnippet}
+      const BR = ${BR}u; const BC = ${BC}u; const NQB = ${NQB}u;
+      var<workgroup> kt: array<vec4<f32>, ${BC * (d.D / 4)}>;
+      var<workgroup> vt: array<vec4<f32>, ${BC * (d.D / 4)}>;
+      var<workgroup> wgShared: u32;
+      fn kernel() {
+        if (localIndex == 0u) { wgShared = wgIndex(); }
+        let wg = workgroupUniformLoad(&wgShared);
+        if (wg >= B * H * NQB) { return; }
+        let qb = NQB - 1u - wg % NQB;
+        let h = (wg / NQB) % H;
+        let b = wg / (NQB * H);
+        let g = h / G;
+        let i = qb * BR + localIndex;
+        let ic = min(i, T - 1u);
+        let slope = select(0.0, S[h], ALIBI);
+        var q: array<vec4<f32>, D4>;
+        var dO: array<vec4<f32>, D4>;
+        var dq: array<vec4<f32>, D4>;
+        let qBase = ((b * T + ic) * H + h) * D4;
+        for (var c = 0u; c < D4; c++) { q[c] = Q[qBase + c] * SCALE; dO[c] = DO[qBase + c]; dq[c] = vec4<f32>(0.0); }
+        let lse = LSE[(b * H + h) * T + ic];
+        let delta = select(DELTA[(b * H + h) * T + ic], 0.0, SIGMOID);
+        let iLo = qb * BR;
+        let kHi = min(T, iLo + BR);
+        var kLo = 0u;
+        if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
+        for (var j0 = (kLo / BC) * BC; j0 < kHi; j0 += BC) {
+          for (var e = localIndex; e < BC * D4; e += BR) {
+            let j = min(j0 + e / D4, T - 1u);
+            let src = ((b * T + j) * HKV + g) * D4 + e % D4;
+            kt[e] = K[src];
+            vt[e] = V[src];
+          }
+          workgroupBarrier();
+          for (var jt = 0u; jt < BC; jt++) {
+            let j = j0 + jt;
+            var x = 0.0;
+            var dp = 0.0;
+            for (var c = 0u; c < D4; c++) { x += dot(q[c], kt[jt * D4 + c]); dp += dot(dO[c], vt[jt * D4 + c]); }
+            if (ALIBI) { x -= slope * (f32(i) - f32(j)); }
+            if (!visible(i, j)) { x = MASKED; }
+            let ds = dscore(weight(x, lse), dp, delta);
+            for (var c = 0u; c < D4; c++) { dq[c] += ds * kt[jt * D4 + c]; }
+          }
+          workgroupBarrier();
+        }
+        if (i < T) {
+          let base = ((b * T + i) * H + h) * D4 * 4u;
+          for (var c = 0u; c < D4; c++) {
+            let o = dq[c] * SCALE;
+            result[base + 4u * c] = o.x; result[base + 4u * c + 1u] = o.y;
+            result[base + 4u * c + 2u] = o.z; result[base + 4u * c + 3u] = o.w;
+          }
+        }
+      }`,
+  });
+}
+
+/**
+ * dK and dV: one thread per key row j of kv head g; the workgroup walks, for each of the G query
+ * heads that read g, the query tiles that can see its keys (Q, dO, lse, delta tiles in shared
+ * memory). dv_j += p dO_i; dk_j += dS (scale q_i). k_j, dk_j and dv_j live in registers, v_j in a
+ * padded shared row of its own (no bank conflicts). Output: dk then dv, packed [2, B, T, Hkv, D].
+ */
+function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): KernelProgram {
+  const D4 = d.D / 4;
+  const bytes = (bk: number, bq: number) => bk * (D4 + 1) * 16 + 2 * bq * d.D * 4 + 2 * bq * 4 + 16;
+  let BK = Math.min(64, maxThreads);
+  let BQ = 32;
+  while (BQ > 4 && bytes(BK, BQ) > limit) BQ /= 2;
+  while (BK > 8 && bytes(BK, BQ) > limit) BK /= 2;
+  const NKB = Math.ceil(d.T / BK);
+  return new KernelProgram({
+    key: keyOf('tsf_fa_dkv', d, r, [BK, BQ]),
+    outputShape: [2 * d.B * d.T * d.HKV * d.D],
+    inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
+    components: [4, 4, 4, 1, 4, 1, 1],
+    threads: BK,
+    numGroups: d.B * d.HKV * NKB,
+    body: `
+      ${constants(d, r)}
+      ${dsSnippet}
+      const BK = ${BK}u; const BQ = ${BQ}u; const NKB = ${NKB}u; const VS = ${D4 + 1}u;
+      var<workgroup> vown: array<vec4<f32>, ${BK * (D4 + 1)}>;
+      var<workgroup> qt: array<vec4<f32>, ${BQ * D4}>;
+      var<workgroup> dOt: array<vec4<f32>, ${BQ * D4}>;
+      var<workgroup> lset: array<f32, ${BQ}>;
+      var<workgroup> deltat: array<f32, ${BQ}>;
+      var<workgroup> wgShared: u32;
+      fn kernel() {
+        if (localIndex == 0u) { wgShared = wgIndex(); }
+        let wg = workgroupUniformLoad(&wgShared);
+        if (wg >= B * HKV * NKB) { return; }
+        let kb = NKB - 1u - wg % NKB;
+        let g = (wg / NKB) % HKV;
+        let b = wg / (NKB * HKV);
+        let j = kb * BK + localIndex;
+        let jc = min(j, T - 1u);
+        var k: array<vec4<f32>, D4>;
+        var dk: array<vec4<f32>, D4>;
+        var dv: array<vec4<f32>, D4>;
+        let kBase = ((b * T + jc) * HKV + g) * D4;
+        for (var c = 0u; c < D4; c++) {
+          k[c] = K[kBase + c]; vown[localIndex * VS + c] = V[kBase + c];
+          dk[c] = vec4<f32>(0.0); dv[c] = vec4<f32>(0.0);
+        }
+        // queries that see this block: [iLo, iHi)
+        let jLo = kb * BK;
+        let iLo = jLo;
+        var iHi = T;
+        if (WINDOW > 0u) { iHi = min(T, jLo + BK - 1u + WINDOW); }
+        for (var hh = 0u; hh < G; hh++) {
+          let h = g * G + hh;
+          let slope = select(0.0, S[h], ALIBI);
+          for (var i0 = (iLo / BQ) * BQ; i0 < iHi; i0 += BQ) {
+            workgroupBarrier();
+            for (var e = localIndex; e < BQ * D4; e += BK) {
+              let i = min(i0 + e / D4, T - 1u);
+              let src = ((b * T + i) * H + h) * D4 + e % D4;
+              qt[e] = Q[src] * SCALE;
+              dOt[e] = DO[src];
+            }
+            for (var e = localIndex; e < BQ; e += BK) {
+              let i = min(i0 + e, T - 1u);
+              lset[e] = LSE[(b * H + h) * T + i];
+              deltat[e] = select(DELTA[(b * H + h) * T + i], 0.0, SIGMOID);
+            }
+            workgroupBarrier();
+            for (var it = 0u; it < BQ; it++) {
+              let i = i0 + it;
+              var x = 0.0;
+              var dp = 0.0;
+              for (var c = 0u; c < D4; c++) { x += dot(qt[it * D4 + c], k[c]); dp += dot(dOt[it * D4 + c], vown[localIndex * VS + c]); }
+              if (ALIBI) { x -= slope * (f32(i) - f32(j)); }
+              if (!visible(i, j)) { x = MASKED; }
+              let p = weight(x, lset[it]);
+              let ds = dscore(p, dp, deltat[it]);
+              for (var c = 0u; c < D4; c++) { dv[c] += p * dOt[it * D4 + c]; dk[c] += ds * qt[it * D4 + c]; }
+            }
+          }
+        }
+        if (j < T) {
+          let base = ((b * T + j) * HKV + g) * D4 * 4u;
+          let off = B * T * HKV * D4 * 4u;
+          for (var c = 0u; c < D4; c++) {
+            result[base + 4u * c] = dk[c].x; result[base + 4u * c + 1u] = dk[c].y;
+            result[base + 4u * c + 2u] = dk[c].z; result[base + 4u * c + 3u] = dk[c].w;
+            result[off + base + 4u * c] = dv[c].x; result[off + base + 4u * c + 1u] = dv[c].y;
+            result[off + base + 4u * c + 2u] = dv[c].z; result[off + base + 4u * c + 3u] = dv[c].w;
+          }
+        }
+      }`,
+  });
+}
+
+function limits(backend: WebGpuBackendLike): [number, number] {
+  return [backend.device.limits.maxComputeWorkgroupStorageSize, backend.device.limits.maxComputeInvocationsPerWorkgroup];
+}
+
+/** Registers the forward and backward kernels for `webgpu`, and the gradient (any backend). */
+export function registerFlashAttention(): void {
+  if (!tf.getKernel(FLASH_ATTENTION, 'webgpu')) {
+    tf.registerKernel({
+      kernelName: FLASH_ATTENTION,
+      backendName: 'webgpu',
+      kernelFunc: ({ inputs, backend, attrs }) => {
+        const be = backend as unknown as WebGpuBackendLike;
+        const { q, k, v, slopes } = inputs as Record<string, TensorInfo>;
+        const d = dimsOf(q!, k!);
+        const r = attrsOf(attrs!);
+        const packed = run(be, forwardProgram(d, r, ...limits(be)), [q!, k!, v!, slopes!]);
+        const o = slicePacked(be, packed, 0, [d.B, d.T, d.H, d.D]);
+        const lse = slicePacked(be, packed, d.B * d.T * d.H * d.D, [d.B, d.H, d.T]);
+        be.disposeData(packed.dataId);
+        return [o, lse];
+      },
+    });
+    tf.registerKernel({
+      kernelName: FLASH_ATTENTION_GRAD,
+      backendName: 'webgpu',
+      kernelFunc: ({ inputs, backend, attrs }) => {
+        const be = backend as unknown as WebGpuBackendLike;
+        const { q, k, v, slopes, o, lse, dy } = inputs as Record<string, TensorInfo>;
+        const d = dimsOf(q!, k!);
+        const r = attrsOf(attrs!);
+        // delta is unused by the sigmoid variant; lse stands in for it (same shape).
+        const delta = r.sigmoid ? lse! : run(be, deltaProgram(d, r), [o!, dy!]);
+        const ins = [q!, k!, v!, slopes!, dy!, lse!, delta];
+        const dq = run(be, dqProgram(d, r, ...limits(be)), ins);
+        const packed = run(be, dkvProgram(d, r, ...limits(be)), ins);
+        if (!r.sigmoid) be.disposeData(delta.dataId);
+        const kvShape = [d.B, d.T, d.HKV, d.D];
+        const dk = slicePacked(be, packed, 0, kvShape);
+        const dv = slicePacked(be, packed, d.B * d.T * d.HKV * d.D, kvShape);
+        be.disposeData(packed.dataId);
+        return [dq, dk, dv];
+      },
+    });
+  }
+  if (!tf.getGradient(FLASH_ATTENTION)) {
+    tf.registerGradient({
+      kernelName: FLASH_ATTENTION,
+      inputsToSave: ['q', 'k', 'v', 'slopes'],
+      outputsToSave: [true, true],
+      gradFunc: (dys, saved, attrs) => {
+        const [q, k, v, slopes, o, lse] = saved as tf.Tensor[];
+        const dy = (dys as tf.Tensor[])[0] ?? tf.zerosLike(o!);
+        const [dq, dk, dv] = tf.engine().runKernel(FLASH_ATTENTION_GRAD, { q: q!, k: k!, v: v!, slopes: slopes!, o: o!, lse: lse!, dy }, attrs) as tf.Tensor[];
+        return { q: () => dq!, k: () => dk!, v: () => dv!, slopes: () => tf.zerosLike(slopes!) };
+      },
+    });
+  }
+}

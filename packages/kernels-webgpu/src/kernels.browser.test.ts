@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { resolve } from 'node:path';
+import { bundleForBrowser, runInChromium } from './testing/chromium.js';
+import type { CheckResult } from './checks.js';
+
+interface Report {
+  error?: string;
+  adapter?: Record<string, string>;
+  leaked?: number;
+  results?: CheckResult[];
+}
+
+// Every WGSL kernel against its composite definition, in headless Chromium on SwiftShader.
+describe('webgpu kernels in headless chromium (SwiftShader)', () => {
+  it('match their composite definitions: outputs and gradients, relative RMS < 1e-4', async () => {
+    const script = await bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts'));
+    const seed = Date.now() % 1_000_000;
+    const { value: report, console: logged } = await runInChromium<Report>(script, 'runKernelChecks', seed);
+    expect(report.error).toBeUndefined();
+    // A shader that fails to compile or a bind group that fails validation leaves its output buffer
+    // unwritten (stale pooled memory); WebGPU reports that only on the console.
+    expect(logged).toEqual([]);
+    const results = report.results!;
+    expect(results.length).toBeGreaterThan(0);
+    const bad: string[] = [];
+    for (const r of results) {
+      if (!r.fused) bad.push(`${r.name}: fused kernel did not run`);
+      for (const [what, e] of Object.entries(r.errors)) if (!(e < 1e-4)) bad.push(`${r.name} ${what}: ${e.toExponential(2)}`);
+    }
+    const table = results.map((r) => `${r.name.padEnd(48)} ${Object.entries(r.errors).map(([k, e]) => `${k} ${e.toExponential(1)}`).join('  ')}`);
+    console.log(`kernel checks on ${JSON.stringify(report.adapter)}, seed ${seed}:\n${table.join('\n')}`);
+    expect(bad).toEqual([]);
+    expect(report.leaked).toBe(0);
+  }, 600_000);
+});
