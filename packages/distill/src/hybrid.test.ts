@@ -11,10 +11,21 @@ const D = 4;
 const V = 3;
 const F = 6;
 
+interface Host {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  fq: Float32Array;
+  fk: Float32Array;
+  gamma: Float32Array;
+  kv0: Float32Array;
+  z0: Float32Array;
+}
+
 /** Random inputs: queries the last T of S keys; feature maps positive (as a softmax map makes them). */
-function make(T: number, S: number, seed: number, withState: boolean): { inp: HybridInputs; host: Record<string, Float32Array> } {
+function make(T: number, S: number, seed: number, withState: boolean): { inp: HybridInputs; host: Host } {
   const rng = Rng.seeded(seed);
-  const host = {
+  const host: Host = {
     q: rng.normalArray(B * T * H * D),
     k: rng.normalArray(B * S * H * D),
     v: rng.normalArray(B * S * H * V),
@@ -42,8 +53,9 @@ function make(T: number, S: number, seed: number, withState: boolean): { inp: Hy
   return { inp, host };
 }
 
-function naive(T: number, S: number, host: Record<string, Float32Array>, withState: boolean, window = 4): Float64Array {
-  return hybridNaive({ ...host, dims: [B, T, S, H, D, V, F], window, ...(withState ? {} : { kv0: undefined, z0: undefined }) });
+function naive(T: number, S: number, host: Host, withState: boolean, window = 4): Float64Array {
+  const { kv0, z0, ...rest } = host;
+  return hybridNaive({ ...rest, dims: [B, T, S, H, D, V, F], window, ...(withState ? { kv0, z0 } : {}) });
 }
 
 describe('hybrid window + linear attention', () => {
@@ -70,7 +82,7 @@ describe('hybrid window + linear attention', () => {
     const ref = naive(T, T, host, false);
     const wide = naive(T, T, host, false, T); // every key in the window: no linear part
     expect(relativeError(wide, ref)).toBeGreaterThan(1e-2);
-    const noLin = hybridNaive({ ...host, fk: new Float32Array(host.fk!.length), dims: [B, T, T, H, D, V, F], window: 4 });
+    const noLin = hybridNaive({ ...host, kv0: undefined, z0: undefined, fk: new Float32Array(host.fk.length), dims: [B, T, T, H, D, V, F], window: 4 });
     expect(relativeError(noLin, ref)).toBeGreaterThan(1e-2);
     const y = hybridBlocked({ ...inp, window: T });
     expect(relativeError(await y.data(), wide)).toBeLessThan(1e-5);

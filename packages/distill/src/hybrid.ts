@@ -316,12 +316,12 @@ export function hybridNaive(args: {
           else if (d >= args.window) for (let x = 0; x < F; x++) wgt += fqi(x) * args.fk[((b * S + j) * H + h) * F + x]!;
           else continue;
           den += wgt;
-          for (let y = 0; y < V; y++) num[y] += wgt * args.v[((b * S + j) * H + h) * V + y]!;
+          for (let y = 0; y < V; y++) num[y] = num[y]! + wgt * args.v[((b * S + j) * H + h) * V + y]!;
         }
         if (args.kv0 && args.z0) {
           for (let x = 0; x < F; x++) {
             den += fqi(x) * args.z0[(b * H + h) * F + x]!;
-            for (let y = 0; y < V; y++) num[y] += fqi(x) * args.kv0[((b * H + h) * F + x) * V + y]!;
+            for (let y = 0; y < V; y++) num[y] = num[y]! + fqi(x) * args.kv0[((b * H + h) * F + x) * V + y]!;
           }
         }
         for (let y = 0; y < V; y++) o[((b * T + i) * H + h) * V + y] = num[y]! / den;

@@ -29,7 +29,7 @@ function reference(xs: Float32Array, W: Float32Array, b: Float32Array | null, A:
   const y = new Float64Array(n * OUT);
   for (let r = 0; r < n; r++) {
     const xa = new Float64Array(R);
-    for (let k = 0; k < R; k++) for (let i = 0; i < IN; i++) xa[k] += xs[r * IN + i]! * A[i * R + k]!;
+    for (let k = 0; k < R; k++) for (let i = 0; i < IN; i++) xa[k] = xa[k]! + xs[r * IN + i]! * A[i * R + k]!;
     for (let o = 0; o < OUT; o++) {
       let s = b ? b[o]! : 0;
       for (let i = 0; i < IN; i++) s += xs[r * IN + i]! * W[i * OUT + o]!;

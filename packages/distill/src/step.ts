@@ -1,0 +1,97 @@
+import { tf, type Parameter } from '@tsformer/core';
+import { NonFiniteError, clipByGlobalNorm, sparseCrossEntropy, type Batch } from '@tsformer/train';
+import type { LanguageModel } from './student.js';
+
+/** What applies gradients: `@tsformer/train`'s AdamW fits (built from the same named parameters). */
+export interface Optimizer {
+  apply(grads: ReadonlyMap<string, tf.Tensor>, lr: number): void;
+}
+
+export interface GradStepResult {
+  /** Mean of the micro-batch losses. */
+  loss: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+}
+
+/**
+ * One optimizer step over named parameters: each micro-batch's loss (already scaled as the caller
+ * wants it averaged: the step divides by the number of micro-batches) is differentiated with
+ * respect to the parameters, gradients are summed, clipped by global norm and applied. A loss or
+ * norm that is not finite throws `NonFiniteError` before any update.
+ */
+export async function gradStep(
+  params: ReadonlyArray<[string, Parameter]>,
+  micro: ReadonlyArray<() => tf.Scalar>,
+  optimizer: Optimizer,
+  opts: { lr: number; clipGradNorm: number },
+): Promise<GradStepResult> {
+  const vars = params.map(([, p]) => p.variable);
+  const nameOf = new Map(params.map(([n, p]) => [p.variable.name, n]));
+  const acc = new Map<string, tf.Tensor>();
+  let lossSum: tf.Tensor = tf.scalar(0);
+  for (const f of micro) {
+    const { value, grads } = tf.variableGrads(() => f().div(micro.length) as tf.Scalar, vars);
+    for (const [vname, g] of Object.entries(grads)) {
+      const name = nameOf.get(vname)!;
+      const prev = acc.get(name);
+      if (prev) {
+        acc.set(name, prev.add(g));
+        tf.dispose([prev, g]);
+      } else acc.set(name, g);
+    }
+    const next = lossSum.add(value);
+    tf.dispose([lossSum, value]);
+    lossSum = next;
+  }
+  const { grads, norm } = clipByGlobalNorm(acc, opts.clipGradNorm);
+  tf.dispose([...acc.values()]);
+  try {
+    const [lossData, normData] = await Promise.all([lossSum.data(), norm.data()]);
+    const loss = lossData[0]!;
+    const gradNorm = normData[0]!;
+    if (!Number.isFinite(loss)) throw new NonFiniteError('loss', loss);
+    if (!Number.isFinite(gradNorm)) throw new NonFiniteError('gradient norm', gradNorm);
+    optimizer.apply(grads, opts.lr);
+    return { loss, gradNorm };
+  } finally {
+    tf.dispose([lossSum, norm, ...grads.values()]);
+  }
+}
+
+/** Mean next-token cross-entropy of `model` on a batch (a scalar; call inside a tidy or dispose it). */
+export function lmLoss(model: LanguageModel, b: Batch): tf.Scalar {
+  return tf.tidy(() => {
+    const ids = tf.tensor2d(b.inputs, [b.batchSize, b.seqLen], 'int32');
+    const targets = tf.tensor2d(b.targets, [b.batchSize, b.seqLen], 'int32');
+    return sparseCrossEntropy(model.forward(ids).logits, targets);
+  });
+}
+
+/** One language-modeling step (stage 2) over the model's trainable parameters. */
+export async function lmStep(model: LanguageModel, optimizer: Optimizer, micro: readonly Batch[], opts: { lr: number; clipGradNorm: number }): Promise<GradStepResult & { tokens: number }> {
+  const params = model.namedParameters().filter(([, p]) => p.variable.trainable);
+  const r = await gradStep(params, micro.map((b) => () => lmLoss(model, b)), optimizer, opts);
+  return { ...r, tokens: micro.reduce((n, b) => n + b.batchSize * b.seqLen, 0) };
+}
+
+/** Mean loss and perplexity over fixed batches, in eval mode. Works for DecoderLM and StudentLM. */
+export async function lmEvaluate(model: LanguageModel, batches: Iterable<Batch>): Promise<{ loss: number; perplexity: number; batches: number }> {
+  const wasTraining = model.training;
+  model.eval();
+  let total = 0;
+  let n = 0;
+  try {
+    for (const b of batches) {
+      const l = lmLoss(model, b);
+      total += (await l.data())[0]!;
+      l.dispose();
+      n++;
+    }
+  } finally {
+    model.train(wasTraining);
+  }
+  if (n === 0) throw new Error('lmEvaluate: no batches');
+  const loss = total / n;
+  return { loss, perplexity: Math.exp(loss), batches: n };
+}
