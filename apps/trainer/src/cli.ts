@@ -8,6 +8,7 @@ import { benchCommand } from './bench.js';
 import { benchAttention, benchDecode } from './bench-attention.js';
 import { plotCommand } from './plot.js';
 import { runsCommand } from './runs.js';
+import { convertBuilder, convertHandler } from './convert.js';
 import { consoleOut, type Out } from './out.js';
 
 /** `--checkpoint.a.b v` flags (parsed by yargs into `{ a: { b: v } }`) as `checkpoint.a.b=v` overrides. */
@@ -195,6 +196,14 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
       (y) => y.positional('dir', { type: 'string', default: 'runs' }),
       (a) => {
         runsCommand({ runsDir: a.dir, out });
+      },
+    )
+    .command(
+      'convert <source>',
+      'Hugging Face <-> run directory: convert --from hf <dir|s3://...> --out runs/<name>, or convert --to hf runs/<name> --out <dir|s3://...>',
+      (y) => convertBuilder(y),
+      async (a) => {
+        await convertHandler(a, out);
       },
     )
     .command(
