@@ -69,7 +69,7 @@ describe('preemption', () => {
   it('a second signal during the upload exits at once, leaving only complete steps behind', async () => {
     const w = workspace({ train: longTrain(100_000), checkpoint: s3Checkpoint(server, 'twice', { every: 3 }) });
     let slow = false;
-    server.delay = (r) => (slow && writesTo('twice')(r) ? 5000 : 0);
+    server.delay = (r) => (slow && writesTo('twice')(r) ? 10_000 : 0);
     try {
       const child = startTrainer(['train', '--config', w.config], server.env());
       await child.waitFor(/saved checkpoint s3:\/\/tsformer-test\/twice\/step-00000003/);
@@ -82,7 +82,7 @@ describe('preemption', () => {
       const t0 = performance.now();
       child.proc.kill('SIGINT');
       const done = await child.exited;
-      expect(performance.now() - t0).toBeLessThan(2500); // far less than the slow upload would take
+      expect(performance.now() - t0).toBeLessThan(5000); // far less than the slow upload would take (10 s a request)
       expect(done.code).toBe(130);
       slow = false;
       const store = s3Store(server, 'twice');
@@ -145,7 +145,7 @@ describe('preemption', () => {
     expect(resumedFrom.slice(1).every((s) => s !== undefined)).toBe(true);
     expect(resumedFrom.slice(1)).toEqual([...resumedFrom.slice(1)].sort((a, b) => a! - b!));
     expect(complete.length).toBeGreaterThanOrEqual(10);
-  });
+  }, 300_000);
 
   it('SIGKILL at a random request of a save (10 rounds on S3): --resume auto always finds a complete step and loses none', async () => {
     const w = workspace({ model: killModel, train: longTrain(100_000), checkpoint: s3Checkpoint(server, 'kill', { every: 1, keepLast: 100_000 }) });
@@ -174,5 +174,5 @@ describe('preemption', () => {
     } finally {
       server.onRequest = undefined;
     }
-  });
+  }, 300_000);
 });
