@@ -146,6 +146,24 @@ describe('checkpoints on S3', () => {
     expect(again.code).toBe(0);
   });
 
+  it('uploads in the background: training goes on while a checkpoint is being uploaded', async () => {
+    const w = workspace({ checkpoint: s3Checkpoint(server, 'bg') });
+    // a slow link for step 2's files: about 0.75 s of upload
+    server.delay = (r) => (r.method === 'PUT' && r.path.startsWith(`/${server.bucket}/bg/step-00000002/`) ? 150 : 0);
+    let r;
+    try {
+      r = await cli('train', '--config', w.config);
+    } finally {
+      server.delay = undefined;
+    }
+    expect(r.code).toBe(0);
+    const saved2 = r.text.indexOf('saved checkpoint s3://tsformer-test/bg/step-00000002');
+    expect(saved2).toBeGreaterThan(0);
+    expect(r.text.indexOf('step 3/8')).toBeGreaterThan(0);
+    expect(r.text.indexOf('step 3/8')).toBeLessThan(saved2); // step 3 trained while step 2 was uploading
+    expect(await listCompleteSteps(s3Store(server, 'bg'))).toEqual([2, 4, 6, 8]);
+  });
+
   it('refuses to start over a run that already has checkpoints on S3', async () => {
     const w = workspace({ checkpoint: s3Checkpoint(server, 'twice'), train: { steps: 2, batchSize: 4, optimizer: { type: 'adamw', lr: 0.01 }, schedule: { type: 'constant' }, logEvery: 1, evalEvery: 0 } });
     expect((await cli('train', '--config', w.config)).code).toBe(0);
