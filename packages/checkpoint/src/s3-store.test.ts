@@ -124,6 +124,14 @@ describe('S3Store on a loopback S3 server', () => {
     expect(server.openUploads()).toEqual([]);
   });
 
+  it("works with the SDK's default checksums (CRC32 on every request) too", async () => {
+    const s = store({ partSize: 5 * 1024 * 1024, requestChecksumCalculation: 'WHEN_SUPPORTED', responseChecksumValidation: 'WHEN_SUPPORTED' });
+    const big = bytesOf(6 * 1024 * 1024, 11);
+    await saveStep(s, 1, { 'model.safetensors': big, 'trainer-state.json': '{}' });
+    await verifyStep(s, 1);
+    expect(sha(await s.readFile('step-00000001/model.safetensors'))).toBe(sha(big));
+  });
+
   it('saves, verifies and resumes steps; detects a missing, a truncated and a flipped-byte file, naming each', async () => {
     const s = store();
     const files = (step: number) => ({ 'model.safetensors': bytesOf(3000, step), 'optimizer.safetensors': bytesOf(5000, 100 + step), 'trainer-state.json': `{"step":${step}}` });
