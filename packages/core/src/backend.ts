@@ -31,7 +31,7 @@ async function importOptional(name: string): Promise<unknown | undefined> {
 }
 
 /** Tries one backend; returns its detail string, or undefined when it is not available here. */
-async function tryBackend(name: Exclude<BackendName, 'auto'>): Promise<string | undefined> {
+async function tryBackend(name: Exclude<BackendName, 'auto'>, opts: SelectOptions = {}): Promise<string | undefined> {
   switch (name) {
     case 'cpu':
       return (await tf.setBackend('cpu')) ? 'tfjs reference kernels' : undefined;
@@ -49,19 +49,22 @@ async function tryBackend(name: Exclude<BackendName, 'auto'>): Promise<string | 
         // Dawn on Linux needs the Vulkan loader; without it there is no adapter (and Dawn would
         // print a warning while finding that out).
         if (!(await hasVulkanLoader())) return undefined;
-        // In Node, Dawn's binding provides navigator.gpu; it must exist before the backend module loads.
+        // In Node, Dawn's binding provides navigator.gpu; it must exist before the backend module
+        // loads (the module registers `webgpu` at import time only if navigator.gpu is there).
         const dawn = (await importOptional('webgpu')) as { create(o: string[]): GPULike; globals: object } | undefined;
         if (!dawn) return undefined;
         Object.assign(globalThis, dawn.globals);
         const nav = (g.navigator ??= {} as { gpu?: GPULike });
         if (!nav.gpu) Object.defineProperty(nav, 'gpu', { value: dawn.create([]), configurable: true });
       }
-      const adapter = await g.navigator!.gpu!.requestAdapter();
+      const adapter = await g.navigator!.gpu!.requestAdapter({ powerPreference: 'high-performance' });
       if (!adapter) return undefined;
-      if (!(await importOptional('@tensorflow/tfjs-backend-webgpu'))) return undefined;
+      // A bundle for the browser passes the module it imported (a bare dynamic import does not resolve there).
+      const mod = (webgpuModule ??= (opts.webgpuModule as WebGpuModule | undefined) ?? ((await importOptional('@tensorflow/tfjs-backend-webgpu')) as WebGpuModule | undefined));
+      if (!mod) return undefined;
+      if (!tf.findBackend('webgpu')) installWebGpuFactory(adapter, mod);
       if (!(await tf.setBackend('webgpu'))) return undefined;
-      const info = adapter.info ?? {};
-      return `${info.vendor ?? 'unknown vendor'} ${info.architecture ?? ''} ${info.device ?? ''}`.trim();
+      return describeAdapter(adapter);
     }
     case 'tensorflow': {
       for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
@@ -91,15 +94,88 @@ async function hasVulkanLoader(): Promise<boolean> {
   return dirs.some((d) => existsSync(`${d}/libvulkan.so.1`));
 }
 
+interface GPUAdapterLike {
+  info?: { vendor?: string; architecture?: string; device?: string; description?: string };
+  limits: Record<string, number>;
+  features: { has(name: string): boolean };
+  requestDevice(d: { requiredFeatures: string[]; requiredLimits: Record<string, number> }): Promise<unknown>;
+}
 interface GPULike {
-  requestAdapter(): Promise<{ info?: { vendor?: string; architecture?: string; device?: string } } | null>;
+  requestAdapter(o?: { powerPreference?: string }): Promise<GPUAdapterLike | null>;
+}
+interface WebGpuModule {
+  WebGPUBackend: new (device: unknown, adapterInfo?: unknown) => object;
+}
+let webgpuModule: WebGpuModule | undefined;
+
+/**
+ * Device limits raised to what the adapter offers (WebGPU's defaults cap a storage binding at
+ * 128 MiB, a buffer at 256 MiB, workgroup memory at 16 KiB and storage buffers per stage at 8).
+ */
+export const RAISED_WEBGPU_LIMITS = [
+  'maxBufferSize',
+  'maxStorageBufferBindingSize',
+  'maxUniformBufferBindingSize',
+  'maxStorageBuffersPerShaderStage',
+  'maxBindingsPerBindGroup',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ',
+  'maxComputeWorkgroupsPerDimension',
+] as const;
+
+/** Features requested when offered: GPU timers for profiling, f16 arithmetic for f16 kernels. */
+const OPTIONAL_WEBGPU_FEATURES = ['timestamp-query', 'shader-f16'];
+
+function describeAdapter(adapter: GPUAdapterLike): string {
+  const info = adapter.info ?? {};
+  const name = [info.vendor, info.architecture, info.device, info.description].filter((x) => x).join(' ') || 'unknown adapter';
+  const mib = (n: number | undefined) => (n === undefined ? '?' : `${Math.round(n / 2 ** 20)} MiB`);
+  const l = adapter.limits;
+  const f16 = adapter.features.has('shader-f16') ? ', shader-f16' : '';
+  return `${name} (buffer ${mib(l.maxBufferSize)}, storage binding ${mib(l.maxStorageBufferBindingSize)}, workgroup memory ${l.maxComputeWorkgroupStorageSize} B${f16})`;
+}
+
+let webgpuLogged = false;
+
+/**
+ * Replaces the backend module's factory (it raises six limits) with one that requests every limit
+ * in RAISED_WEBGPU_LIMITS at the adapter's value, and logs the adapter's name and limits once.
+ */
+function installWebGpuFactory(adapter: GPUAdapterLike, mod: WebGpuModule): void {
+  if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
+  tf.registerBackend(
+    'webgpu',
+    async () => {
+      const requiredLimits: Record<string, number> = {};
+      for (const name of RAISED_WEBGPU_LIMITS) if (typeof adapter.limits[name] === 'number') requiredLimits[name] = adapter.limits[name];
+      const requiredFeatures = OPTIONAL_WEBGPU_FEATURES.filter((f) => adapter.features.has(f));
+      const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+      if (!webgpuLogged) {
+        webgpuLogged = true;
+        console.info(`tsformer: webgpu on ${describeAdapter(adapter)}; limits ${JSON.stringify(requiredLimits)}`);
+      }
+      return new mod.WebGPUBackend(device, adapter.info) as tf.KernelBackend;
+    },
+    3,
+  );
+}
+
+export interface SelectOptions {
+  /**
+   * The `@tensorflow/tfjs-backend-webgpu` module, for bundles that import it themselves (in a
+   * browser the package cannot be imported by name at run time). Default: imported on demand.
+   */
+  webgpuModule?: unknown;
 }
 
 /**
  * Activates a backend. `auto` picks the fastest one available: tensorflow, then webgpu, then wasm,
  * then cpu. Asking for a specific backend that is absent is an error that says how to get it.
  */
-export async function selectBackend(name: BackendName = 'auto'): Promise<BackendInfo> {
+export async function selectBackend(name: BackendName = 'auto', opts: SelectOptions = {}): Promise<BackendInfo> {
   if (!BACKENDS.includes(name)) {
     throw new TsformerError(`unknown backend "${name}" (choose one of ${BACKENDS.join(', ')})`, 'backend');
   }
@@ -107,7 +183,7 @@ export async function selectBackend(name: BackendName = 'auto'): Promise<Backend
   for (const candidate of order) {
     let detail: string | undefined;
     try {
-      detail = await tryBackend(candidate);
+      detail = await tryBackend(candidate, opts);
     } catch (e) {
       if (name !== 'auto') {
         throw new TsformerError(`backend "${candidate}" failed to start: ${(e as Error).message}. To use it, ${HOW_TO[candidate]}.`, 'backend');

@@ -5,7 +5,10 @@ import type { CheckResult } from './checks.js';
 
 interface Report {
   error?: string;
-  adapter?: Record<string, string>;
+  backend?: string;
+  adapter?: string;
+  /** Per limit: [the adapter's, the device's]. */
+  limits?: Record<string, [number, number]>;
   leaked?: number;
   results?: CheckResult[];
 }
@@ -20,6 +23,9 @@ describe('webgpu kernels in headless chromium (SwiftShader)', () => {
     // A shader that fails to compile or a bind group that fails validation leaves its output buffer
     // unwritten (stale pooled memory); WebGPU reports that only on the console.
     expect(logged).toEqual([]);
+    // selectBackend('webgpu') raised the device's limits to the adapter's.
+    expect(report.backend).toBe('webgpu');
+    for (const [name, [adapter, device]] of Object.entries(report.limits!)) expect(device, name).toBe(adapter);
     const results = report.results!;
     expect(results.length).toBeGreaterThan(0);
     const bad: string[] = [];
@@ -28,7 +34,7 @@ describe('webgpu kernels in headless chromium (SwiftShader)', () => {
       for (const [what, e] of Object.entries(r.errors)) if (!(e < 1e-4)) bad.push(`${r.name} ${what}: ${e.toExponential(2)}`);
     }
     const table = results.map((r) => `${r.name.padEnd(48)} ${Object.entries(r.errors).map(([k, e]) => `${k} ${e.toExponential(1)}`).join('  ')}`);
-    console.log(`kernel checks on ${JSON.stringify(report.adapter)}, seed ${seed}:\n${table.join('\n')}`);
+    console.log(`kernel checks on ${report.adapter}, limits ${JSON.stringify(report.limits)}, seed ${seed}:\n${table.join('\n')}`);
     expect(bad).toEqual([]);
     expect(report.leaked).toBe(0);
   }, 600_000);
