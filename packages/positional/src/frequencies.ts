@@ -1,4 +1,5 @@
 import type { RopeScaling } from './schema.js';
+import { llama3InverseFrequencies } from './llama3.js';
 
 // RoPE frequency math, in float64 on the host. R is the rotary dim (even); pair i < R/2 turns at
 // inverse frequency theta^(-2i/R) radians per position before any scaling. The scalings follow
@@ -115,5 +116,7 @@ export function ropeFrequencies(rotaryDim: number, theta: number, scaling: RopeS
         invFreq: yarnInverseFrequencies(rotaryDim, theta, scaling),
         attentionFactor: scaling.attentionFactor ?? yarnAttentionFactor(scaling.factor),
       };
+    case 'llama3':
+      return { invFreq: llama3InverseFrequencies(rotaryDim, theta, scaling), attentionFactor: 1 };
   }
 }

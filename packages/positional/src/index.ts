@@ -29,4 +29,5 @@ export {
   type AlibiConfig,
   type NoneConfig,
 } from './schema.js';
+export { llama3ScalingSchema, llama3InverseFrequencies, type Llama3Scaling } from './llama3.js';
 export { positionalRegistry, positionalConfigSchema, createPositional, type PositionalConfig } from './config.js';

@@ -34,6 +34,14 @@ function naiveAngle(spec: Spec, R: number, i: number, p: number, seqLen: number)
       const interpolated = extrapolated / s.factor;
       return p * (interpolated * ramp + extrapolated * (1 - ramp));
     }
+    case 'llama3': {
+      // turns of pair i over the original context: > highFreqFactor keeps, < lowFreqFactor divides by factor, blends between
+      const w = 1 / theta ** e;
+      const turns = (s.originalMaxPositions * w) / (2 * Math.PI);
+      const [lo, hi] = [s.lowFreqFactor ?? 1, s.highFreqFactor ?? 4];
+      const t = Math.min(1, Math.max(0, (turns - lo) / (hi - lo)));
+      return p * w * ((1 - t) / s.factor + t);
+    }
   }
 }
 
@@ -74,6 +82,7 @@ const variants: Array<[string, number, Spec]> = [
   ['dynamic x2 (orig 16), half', 8, { scaling: { type: 'dynamic', factor: 2, originalMaxPositions: 16 } }],
   ['dynamic x3 (orig 16), partial, interleaved', 10, { fraction: 0.8, layout: 'interleaved', scaling: { type: 'dynamic', factor: 3, originalMaxPositions: 16 } }],
   ['yarn x4, half', 16, { theta: 100, scaling: { type: 'yarn', factor: 4, originalMaxPositions: 64, betaFast: 8, betaSlow: 0.5 } }],
+  ['llama3 x8 (orig 64), half', 16, { theta: 100, scaling: { type: 'llama3', factor: 8, originalMaxPositions: 64 } }],
   [
     'yarn x8 no truncate, own attention factor, partial, interleaved',
     24,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { llama3ScalingSchema } from './llama3.js';
 
 // Config schemas of each positional encoding: strict objects, each field's problem reported at its
 // dotted path with a message that names the field. Kept apart from the classes so both the config
@@ -61,12 +62,13 @@ export const yarnScalingSchema = z
   .strict()
   .refine((s) => s.betaFast > s.betaSlow, { error: 'betaFast must be greater than betaSlow', path: ['betaFast'] });
 
-/** RoPE context-extension scalings, discriminated on `type` (mirrors HF `rope_scaling`). */
+/** RoPE context-extension scalings, discriminated on `type` (mirrors HF `rope_scaling`; llama3 in llama3.ts). */
 export const ropeScalingSchema = z.discriminatedUnion('type', [
   linearScalingSchema,
   ntkScalingSchema,
   dynamicScalingSchema,
   yarnScalingSchema,
+  llama3ScalingSchema,
 ]);
 /** A resolved scaling (defaults filled). */
 export type RopeScaling = z.output<typeof ropeScalingSchema>;

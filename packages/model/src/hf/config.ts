@@ -3,7 +3,7 @@
  * `ModelConfig` and back. Pure: no file access, safe in a browser.
  *
  * A field we cannot represent fails with its name and value (`hidden_act: gelu_new`,
- * `rope_scaling.rope_type: llama3`, `model_type: gpt2`). A field we do not know is listed in
+ * `rope_scaling.rope_type: longrope`, `model_type: gpt2`). A field we do not know is listed in
  * `ignored` (the caller prints it) rather than failing, since transformers writes many harmless
  * bookkeeping keys; the ones known to change the computation are checked.
  */
@@ -167,6 +167,7 @@ const ROPE_KEYS: Record<string, readonly string[]> = {
   linear: ['factor'],
   dynamic: ['factor', 'original_max_position_embeddings'],
   yarn: ['factor', 'original_max_position_embeddings', 'beta_fast', 'beta_slow', 'attention_factor', 'mscale', 'mscale_all_dim', 'truncate'],
+  llama3: ['factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'],
 };
 
 /** YaRN's mscale g(s, k) = 0.1 k ln s + 1 (1 for s <= 1), as HF's `get_mscale`. */
@@ -184,8 +185,7 @@ function readRopeScaling(raw: unknown, where: string, maxPositions: number): Rop
   const typeKey = Object.hasOwn(s, 'rope_type') ? 'rope_type' : 'type';
   const type = s[typeKey] ?? 'default';
   if (typeof type !== 'string' || !Object.hasOwn(ROPE_KEYS, type)) {
-    const hint = type === 'llama3' ? ' (Llama 3.1+ frequency smoothing is not implemented by our RoPE)' : '';
-    throw fail(`${where}.${typeKey}: ${show(type)} is not supported${hint} (supported: default, linear, dynamic, yarn)`);
+    throw fail(`${where}.${typeKey}: ${show(type)} is not supported (supported: ${Object.keys(ROPE_KEYS).join(', ')})`);
   }
   // rope_theta and partial_rotary_factor live here in `rope_parameters`; both are read by the caller
   const allowed = new Set(['rope_type', 'type', 'rope_theta', 'partial_rotary_factor', ...ROPE_KEYS[type]!]);
@@ -232,6 +232,19 @@ function readRopeScaling(raw: unknown, where: string, maxPositions: number): Rop
         ...(attentionFactor !== undefined ? { attentionFactor } : {}),
         ...(truncate !== undefined ? { truncate } : {}),
       };
+    }
+    case 'llama3': {
+      // HF reads all four keys without defaults
+      const need = (key: string): number => {
+        const v = num(key);
+        if (v === undefined) throw fail(`${where}.${key} is missing (${typeKey} llama3)`);
+        return v;
+      };
+      const factor = need('factor');
+      const lowFreqFactor = need('low_freq_factor');
+      const highFreqFactor = need('high_freq_factor');
+      need('original_max_position_embeddings');
+      return { type: 'llama3', factor, originalMaxPositions: original!, lowFreqFactor, highFreqFactor };
     }
   }
   return undefined;
@@ -437,6 +450,17 @@ function ropeScalingToHf(cfg: ModelConfig): { scaling: HfConfig | null; theta: n
           beta_slow: s.betaSlow,
           ...(s.attentionFactor !== undefined ? { attention_factor: s.attentionFactor } : {}),
           truncate: s.truncate,
+        },
+        theta: p.theta,
+      };
+    case 'llama3':
+      return {
+        scaling: {
+          rope_type: 'llama3',
+          factor: s.factor,
+          low_freq_factor: s.lowFreqFactor,
+          high_freq_factor: s.highFreqFactor,
+          original_max_position_embeddings: s.originalMaxPositions,
         },
         theta: p.theta,
       };

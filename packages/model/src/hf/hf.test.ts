@@ -128,13 +128,32 @@ function rmsNorm(x: Float64Array, w: HostArray, eps: number): Float64Array {
 const silu = (v: number) => v / (1 + Math.exp(-v));
 
 /** rotate_half(x) = cat(-x2, x1); x * cos + rotate_half(x) * sin with cos/sin = cat(freqs, freqs). */
-function applyRotary(x: Float64Array, pos: number, hd: number, theta: number, linearFactor: number): Float64Array {
+interface Llama3Hf {
+  factor: number;
+  low_freq_factor: number;
+  high_freq_factor: number;
+  original_max_position_embeddings: number;
+}
+
+/** HF `_compute_llama3_parameters` for one inverse frequency, by wavelength. */
+function llama3Freq(f: number, c: Llama3Hf): number {
+  const wavelen = (2 * Math.PI) / f;
+  const lowWavelen = c.original_max_position_embeddings / c.low_freq_factor;
+  const highWavelen = c.original_max_position_embeddings / c.high_freq_factor;
+  if (wavelen < highWavelen) return f;
+  if (wavelen > lowWavelen) return f / c.factor;
+  const smooth = (c.original_max_position_embeddings / wavelen - c.low_freq_factor) / (c.high_freq_factor - c.low_freq_factor);
+  return ((1 - smooth) * f) / c.factor + smooth * f;
+}
+
+function applyRotary(x: Float64Array, pos: number, hd: number, theta: number, linearFactor: number, llama3?: Llama3Hf): Float64Array {
   const half = hd / 2;
   const cos = new Float64Array(hd);
   const sin = new Float64Array(hd);
   for (let j = 0; j < hd; j++) {
     const i = j % half; // emb = cat(freqs, freqs)
-    const invFreq = 1 / Math.pow(theta, (2 * i) / hd) / linearFactor; // HF inv_freq: 1 / base^(arange(0, dim, 2) / dim)
+    let invFreq = 1 / Math.pow(theta, (2 * i) / hd) / linearFactor; // HF inv_freq: 1 / base^(arange(0, dim, 2) / dim)
+    if (llama3) invFreq = llama3Freq(invFreq, llama3);
     cos[j] = Math.cos(pos * invFreq);
     sin[j] = Math.sin(pos * invFreq);
   }
@@ -150,6 +169,7 @@ function referenceLogits(c: HfConfig, t: Map<string, HostArray>, ids: number[]):
   const theta = (c.rope_theta as number | undefined) ?? 10000;
   const scaling = c.rope_scaling as { rope_type?: string; factor?: number } | null | undefined;
   const linearFactor = scaling?.rope_type === 'linear' ? scaling.factor! : 1;
+  const llama3 = scaling?.rope_type === 'llama3' ? (scaling as unknown as Llama3Hf) : undefined;
   const window = c.model_type === 'mistral' ? ((c.sliding_window as number | null) ?? Infinity) : Infinity;
   const T = ids.length;
   const E = t.get('model.embed_tokens.weight')!;
@@ -161,8 +181,10 @@ function referenceLogits(c: HfConfig, t: Map<string, HostArray>, ids: number[]):
     const q = hs.map((h) => linear(t, `${p}.self_attn.q_proj`, h)); // [T][H*hd]
     const k = hs.map((h) => linear(t, `${p}.self_attn.k_proj`, h)); // [T][Hkv*hd]
     const v = hs.map((h) => linear(t, `${p}.self_attn.v_proj`, h));
-    const qr = q.map((row, pos) => Float64Array.from({ length: H * hd }, (_, j) => applyRotary(row.subarray(Math.floor(j / hd) * hd, Math.floor(j / hd) * hd + hd), pos, hd, theta, linearFactor)[j % hd]!));
-    const kr = k.map((row, pos) => Float64Array.from({ length: Hkv * hd }, (_, j) => applyRotary(row.subarray(Math.floor(j / hd) * hd, Math.floor(j / hd) * hd + hd), pos, hd, theta, linearFactor)[j % hd]!));
+    const rot = (row: Float64Array, pos: number, n: number) =>
+      Float64Array.from({ length: n * hd }, (_, j) => applyRotary(row.subarray(Math.floor(j / hd) * hd, Math.floor(j / hd) * hd + hd), pos, hd, theta, linearFactor, llama3)[j % hd]!);
+    const qr = q.map((row, pos) => rot(row, pos, H));
+    const kr = k.map((row, pos) => rot(row, pos, Hkv));
     const attnOut = xs.map((_, i) => {
       const o = new Float64Array(H * hd);
       for (let h = 0; h < H; h++) {
@@ -285,6 +307,14 @@ const mistral: HfConfig = {
   torch_dtype: 'float16',
 };
 
+/** Llama 3.1-style rope_scaling, shrunk so that it matters over 8 tokens: head dim 4 has pairs of
+ *  wavelength 2 pi (2.55 turns over 16 positions: blended) and 200 pi (0.025 turns: divided by 8). */
+const llama31: HfConfig = {
+  ...smol,
+  rope_theta: 10000.0,
+  rope_scaling: { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16, rope_type: 'llama3' },
+};
+
 const IDS = [3, 17, 0, 29, 5, 11, 3, 8];
 
 async function ourLogits(c: HfConfig, t: Map<string, HostArray>, ids = IDS): Promise<Float32Array> {
@@ -329,6 +359,15 @@ describe('config.json -> ModelConfig', () => {
     expect(m.positional).toEqual({ type: 'rope', theta: 500, layout: 'half', scaling: { type: 'linear', factor: 2 } });
   });
 
+  it('maps rope_scaling llama3', () => {
+    expect(hfConfigToModelConfig(llama31).positional).toEqual({
+      type: 'rope',
+      theta: 10000,
+      layout: 'half',
+      scaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 16 },
+    });
+  });
+
   it('maps rope_scaling dynamic and yarn (legacy `type` key too) and rope_parameters', () => {
     const dyn = hfConfigToModelConfig({ ...smol, rope_scaling: { type: 'dynamic', factor: 4 } });
     expect(dyn.positional).toMatchObject({ scaling: { type: 'dynamic', factor: 4, originalMaxPositions: 64 } });
@@ -370,7 +409,8 @@ describe('config.json -> ModelConfig', () => {
   it.each([
     [{ ...smol, hidden_act: 'gelu_new' }, 'hidden_act: gelu_new'],
     [{ ...smol, rope_scaling: { type: 'longrope', factor: 2, short_factor: [1], long_factor: [1] } }, 'rope_scaling.type: longrope'],
-    [{ ...smol, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } }, 'rope_scaling.rope_type: llama3'],
+    [{ ...smol, rope_scaling: { rope_type: 'llama3', factor: 8, high_freq_factor: 4, original_max_position_embeddings: 8192 } }, 'rope_scaling.low_freq_factor is missing (rope_type llama3)'],
+    [{ ...smol, rope_scaling: { rope_type: 'su', factor: 2 } }, 'rope_scaling.rope_type: su is not supported'],
     [{ ...smol, rope_scaling: { rope_type: 'linear', factor: 2, low_freq_factor: 1 } }, 'rope_scaling.low_freq_factor: 1'],
     [{ ...smol, model_type: 'gpt2' }, 'model_type: gpt2'],
     [{ ...smol, architectures: ['LlamaForSequenceClassification'] }, 'architectures: ["LlamaForSequenceClassification"]'],
@@ -477,6 +517,7 @@ describe('logits match a float64 reference of the HF forward', () => {
     ['llama with q/k/v/o and MLP biases, head_dim 6, untied, linear rope scaling', llamaBiased],
     ['qwen2 (q/k/v bias, MQA, theta 1e6)', qwen2],
     ['mistral (sliding window 3 over 8 tokens, untied)', mistral],
+    ['llama with llama3 rope scaling (one pair blended, one divided by 8)', llama31],
   ])('%s', async (_name, c) => {
     const hf = hfCheckpoint(c, 11);
     const ref = referenceLogits(c, hf, IDS);
@@ -511,6 +552,7 @@ describe('ModelConfig -> config.json', () => {
     ['mistral', mistral],
     ['qwen2 windowed', { ...qwen2, num_hidden_layers: 4, use_sliding_window: true, sliding_window: 5, max_window_layers: 2 }],
     ['yarn, legacy type key', { ...smol, rope_scaling: { type: 'yarn', factor: 4.0, original_max_position_embeddings: 16 } }],
+    ['llama3', llama31],
   ])('import then export gives the same config.json (%s)', (_n, c) => {
     expect(modelConfigToHfConfig(hfConfigToModelConfig(c), { base: c })).toEqual(c);
   });
