@@ -219,8 +219,8 @@ export function hybridBlocked(inp: HybridInputs): tf.Tensor {
     let kvPrefix = exclusivePrefixSum(tf.matMul(fkBlocks, vBlocks, true, false).reshape([BH, nB, F * V])).reshape([BH, nB, F, V]); // [B*H, nB, F, V]
     let zPrefix = exclusivePrefixSum(fkBlocks.sum(2)); // [B*H, nB, F]
     if (inp.state) {
-      kvPrefix = kvPrefix.add(inp.state.kv.reshape([BH, 1, F, V]));
-      zPrefix = zPrefix.add(inp.state.z.reshape([BH, 1, F]));
+      kvPrefix = kvPrefix.add(inp.state.kv.reshape([BH, 1, F, V])); // [B, H, F, V] -> [B*H, 1, F, V]
+      zPrefix = zPrefix.add(inp.state.z.reshape([BH, 1, F])); // [B, H, F] -> [B*H, 1, F]
     }
     num = num.add(tf.matMul(fq, kvPrefix)); // [B*H, nB, L, V]
     den = den.add(tf.matMul(fq, zPrefix.expandDims(-1)).reshape([BH, nB, L])); // [B*H, nB, L]

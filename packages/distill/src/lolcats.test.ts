@@ -160,7 +160,7 @@ describe('LoLCATs attention', () => {
 
   it('is causal: changing token 6 changes no output before it', async () => {
     const s = student(teacher(13), {}, 14);
-    const x2 = tf.tidy(() => x.add(tf.oneHot([6], T).reshape([1, T, 1]).mul(3)));
+    const x2 = tf.tidy(() => x.add(tf.oneHot([6], T).reshape([1, T, 1]).mul(3))); // bump [1, T, 1] at token 6
     const a = (await s.forward(x, { positions: range(T), training: false }).y.array()) as number[][][];
     const b = (await s.forward(x2, { positions: range(T), training: false }).y.array()) as number[][][];
     for (let t = 0; t < T; t++) {

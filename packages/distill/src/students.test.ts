@@ -62,7 +62,7 @@ describe('linear students from a softmax teacher', () => {
       // the heads through o_proj are the layer's own forward
       const heads = linearStudentHeads(s, x);
       expect(heads.shape).toEqual([B, T, H, HD]);
-      const viaHeads = tf.tidy(() => s.o_proj.forward(heads.reshape([B, T, H * HD])));
+      const viaHeads = tf.tidy(() => s.o_proj.forward(heads.reshape([B, T, H * HD]))); // [B, T, H*V] -> [B, T, dModel]
       const y = s.forward(x, { positions: range(T), training: false }).y;
       expect(relativeError(await viaHeads.data(), await y.data())).toBeLessThan(1e-5);
       const leak = await tensorLeak(() => {

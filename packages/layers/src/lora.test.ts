@@ -118,7 +118,7 @@ describe('LoRA', () => {
     const ref = () => tf.tidy(() => {
       const x2 = x.reshape([-1, IN]); // [N, in]
       const y = tf.matMul(x2, lin.weight).add(tf.matMul(tf.matMul(x2, a.lora_A.weight), a.lora_B.weight).mul(4 / R)); // [N, out]
-      return y.reshape([2, 4, OUT]).mul(w).sum() as tf.Scalar;
+      return y.reshape([2, 4, OUT]).mul(w).sum() as tf.Scalar; // [B, T, out]
     });
     const g2 = tf.variableGrads(ref, vars);
     for (const v of vars) {
@@ -128,6 +128,7 @@ describe('LoRA', () => {
     }
     const gx1 = tf.grad((t: tf.Tensor) => lin.forward(t).mul(w).sum())(x);
     const gx2 = tf.grad((t: tf.Tensor) =>
+      // [N, in] -> [N, out] -> [B, T, out]
       tf.matMul(t.reshape([-1, IN]), lin.weight).add(tf.matMul(tf.matMul(t.reshape([-1, IN]), a.lora_A.weight), a.lora_B.weight).mul(4 / R)).reshape([2, 4, OUT]).mul(w).sum(),
     )(x);
     expect(relativeError(await gx1.data(), await gx2.data())).toBeLessThan(1e-6);
@@ -172,7 +173,7 @@ describe('LoRA', () => {
     Bn.dispose();
     const base = tf.tidy(() => tf.matMul(x.reshape([-1, IN]), lin.weight).reshape([2, 4, OUT])); // [B, T, out]
     lin.eval();
-    const full = tf.tidy(() => base.add(tf.matMul(tf.matMul(x.reshape([-1, IN]), a.lora_A.weight), a.lora_B.weight).mul(a.scaling).reshape([2, 4, OUT])));
+    const full = tf.tidy(() => base.add(tf.matMul(tf.matMul(x.reshape([-1, IN]), a.lora_A.weight), a.lora_B.weight).mul(a.scaling).reshape([2, 4, OUT]))); // [N, in] -> [B, T, out]
     const yEval = lin.forward(x);
     expect(relativeError(await yEval.data(), await full.data())).toBeLessThan(1e-6);
     lin.train();
