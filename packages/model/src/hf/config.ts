@@ -92,6 +92,9 @@ const HARMLESS = new Set([
   'output_attentions',
   'output_hidden_states',
   'return_dict',
+  // nanotron leftovers in SmolLM configs that transformers' Llama does not read (it always rotates halves)
+  'is_llama_config',
+  'rope_interleaved',
 ]);
 
 /** Keys that would change the model and that nothing here represents: their presence fails. */
@@ -261,17 +264,19 @@ function qwen2WindowedLayers(f: Fields, nLayers: number): boolean[] {
   const useWindow = f.bool('use_sliding_window');
   const window = f.get('sliding_window');
   const maxWindowLayers = f.int('max_window_layers', { min: 0 });
+  let types: boolean[] | undefined;
   if (f.has('layer_types')) {
-    const types = f.get('layer_types');
-    if (!Array.isArray(types) || types.length !== nLayers) throw fail(`layer_types: expected a list of ${nLayers} entries, got ${show(types)}`);
-    return types.map((t, i) => {
+    const raw = f.get('layer_types');
+    if (!Array.isArray(raw) || raw.length !== nLayers) throw fail(`layer_types: expected a list of ${nLayers} entries, got ${show(raw)}`);
+    types = raw.map((t, i) => {
       if (t === 'full_attention') return false;
       if (t === 'sliding_attention') return true;
       throw fail(`layer_types[${i}]: ${show(t)} is not supported (full_attention or sliding_attention)`);
     });
   }
+  // HF: sliding_window is None unless use_sliding_window, and a layer without a window attends fully
   if (!useWindow || window === null || window === undefined) return Array.from({ length: nLayers }, () => false);
-  return Array.from({ length: nLayers }, (_, i) => i >= (maxWindowLayers ?? 0));
+  return types ?? Array.from({ length: nLayers }, (_, i) => i >= (maxWindowLayers ?? 0));
 }
 
 /**

@@ -170,13 +170,19 @@ function referenceLogits(c: HfConfig, t: Map<string, HostArray>, ids: number[]):
   const scaling = c.rope_scaling as { rope_type?: string; factor?: number } | null | undefined;
   const linearFactor = scaling?.rope_type === 'linear' ? scaling.factor! : 1;
   const llama3 = scaling?.rope_type === 'llama3' ? (scaling as unknown as Llama3Hf) : undefined;
-  const window = c.model_type === 'mistral' ? ((c.sliding_window as number | null) ?? Infinity) : Infinity;
+  // mistral: every layer; qwen2: layers from max_window_layers on, when use_sliding_window
+  const windowOf = (l: number): number => {
+    if (c.model_type === 'mistral') return (c.sliding_window as number | null) ?? Infinity;
+    if (c.model_type === 'qwen2' && c.use_sliding_window === true && l >= (c.max_window_layers as number)) return c.sliding_window as number;
+    return Infinity;
+  };
   const T = ids.length;
   const E = t.get('model.embed_tokens.weight')!;
   let xs: Float64Array[] = ids.map((id) => Float64Array.from(E.data.subarray(id * D, (id + 1) * D)));
   const nRep = H / Hkv;
   for (let l = 0; l < L; l++) {
     const p = `model.layers.${l}`;
+    const window = windowOf(l);
     const hs = xs.map((x) => rmsNorm(x, t.get(`${p}.input_layernorm.weight`)!, eps));
     const q = hs.map((h) => linear(t, `${p}.self_attn.q_proj`, h)); // [T][H*hd]
     const k = hs.map((h) => linear(t, `${p}.self_attn.k_proj`, h)); // [T][Hkv*hd]
@@ -390,8 +396,10 @@ describe('config.json -> ModelConfig', () => {
     expect(windowed.layers?.pattern).toEqual(['full', 'full', 'window', 'window']);
     expect(windowed.layers?.defs.window?.attention).toMatchObject({ window: 5 });
     expect(windowed.layers?.defs.full?.attention).not.toHaveProperty('window');
-    const types = hfConfigToModelConfig({ ...qwen2, layer_types: ['sliding_attention', 'full_attention'], sliding_window: 7 });
+    const types = hfConfigToModelConfig({ ...qwen2, use_sliding_window: true, layer_types: ['sliding_attention', 'full_attention'], sliding_window: 7 });
     expect(types.layers?.pattern).toEqual(['window', 'full']);
+    // without use_sliding_window HF drops the window, whatever layer_types says
+    expect(hfConfigToModelConfig({ ...qwen2, layer_types: ['sliding_attention', 'full_attention'], sliding_window: 7 }).attention).not.toHaveProperty('window');
   });
 
   it('maps Mistral sliding_window to the window (null: none; absent: the class default 4096)', () => {
@@ -404,6 +412,7 @@ describe('config.json -> ModelConfig', () => {
   it('lists keys it does not know instead of silently dropping them', () => {
     expect(readHfConfig({ ...smol, some_new_flag: 3 }).ignored).toEqual(['some_new_flag']);
     expect(readHfConfig(smol).ignored).toEqual([]);
+    expect(readHfConfig({ ...smol, is_llama_config: true, rope_interleaved: false }).ignored).toEqual([]);
   });
 
   it.each([
@@ -518,6 +527,7 @@ describe('logits match a float64 reference of the HF forward', () => {
     ['qwen2 (q/k/v bias, MQA, theta 1e6)', qwen2],
     ['mistral (sliding window 3 over 8 tokens, untied)', mistral],
     ['llama with llama3 rope scaling (one pair blended, one divided by 8)', llama31],
+    ['qwen2 with a sliding window of 3 on layer 1 only', { ...qwen2, use_sliding_window: true, sliding_window: 3, max_window_layers: 1 }],
   ])('%s', async (_name, c) => {
     const hf = hfCheckpoint(c, 11);
     const ref = referenceLogits(c, hf, IDS);
