@@ -17,7 +17,7 @@ import {
 } from '@tsformer/checkpoint';
 import YAML from 'yaml';
 import { checkConfigFiles, loadConfig, type RunConfig } from './config.js';
-import { describeStore, loadCheckpoint, savedConfigYaml, snapshotCheckpoint, type Trainable } from './checkpointing.js';
+import { loadCheckpoint, savedConfigYaml, snapshotCheckpoint, type Trainable } from './checkpointing.js';
 import type { Out } from './out.js';
 
 export interface TrainOptions {
