@@ -125,6 +125,27 @@ describe('StudentLM', () => {
     caches.forEach(disposeCache);
   });
 
+  it('decodes a hybrid of kept softmax and Gated DeltaNet layers like its full forward', async () => {
+    const s = buildStudent(teacher, { convert: [0, 2], student: { type: 'gated-deltanet', chunkSize: 4 }, seed: 4 });
+    students.push(s);
+    const full = await logits(s, batchA);
+    let caches: AttentionCache[] = s.initCaches();
+    expect(caches.map((c) => c.kind)).toEqual(['deltanet', 'kv', 'deltanet']);
+    const outs: tf.Tensor[] = [];
+    for (const [from, n] of [[0, 6], [6, 1], [7, 5]] as const) {
+      const piece = batchA.slice([0, from], [B, n]);
+      const r = s.forward(piece, { caches });
+      piece.dispose();
+      caches.forEach(disposeCache);
+      caches = r.caches!;
+      outs.push(r.logits);
+    }
+    const y = tf.concat(outs, 1); // [B, T, V]
+    expect(relativeError(await y.data(), full)).toBeLessThan(1e-4);
+    tf.dispose([y, ...outs]);
+    caches.forEach(disposeCache);
+  });
+
   it('disposes only what it owns', async () => {
     const before = tf.memory().numTensors;
     const s = buildStudent(teacher, { convert: [0, 1], student: { type: 'lolcats', featureDim: 4, window: 4 } });
