@@ -3,11 +3,13 @@
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { tf } from '@tsformer/core';
 import { DecoderLM, hfConfigToModelConfig, loadHfWeights, type HfConfig, type ModelConfigInput } from '@tsformer/model';
-import { LocalStore, encodeShardedSafetensors, readHfDirectory, saveStep, tensorsToHost, type HostTensor, type SafeDType } from '@tsformer/checkpoint';
+import { LocalStore, encodeShardedSafetensors, readHfDirectory, saveStep, tensorsToHost, writeHfDirectory, type HostTensor, type SafeDType } from '@tsformer/checkpoint';
+import { startS3Server, type S3TestServer } from '@tsformer/checkpoint/testing';
+import { convertFromHf, convertToHf } from '../src/convert.js';
 import { loadRun } from '../src/inspect-commands.js';
 import { resolveConfig } from '../src/config.js';
 import { memoryOut } from '../src/out.js';
@@ -338,5 +340,37 @@ describe('tsformer convert', () => {
     const r5 = await cli('convert', '--to', 'hf', runDir, '--out', join(root, 'gla-hf'));
     expect(r5.text).toContain('model.attention.type: gla is not supported');
     expect(r5.code).toBe(2);
+  });
+
+  describe('on S3', () => {
+    let server: S3TestServer;
+    beforeAll(async () => {
+      server = await startS3Server();
+    });
+    afterAll(async () => {
+      await server?.close();
+    });
+
+    it('imports from s3://bucket/prefix and exports back to S3 with the same tensors', async () => {
+      const root = tmp();
+      const from = `s3://${server.bucket}/hub/smol`;
+      const t = hfTensors(smol);
+      const extraFiles = new Map([['tokenizer.json', new TextEncoder().encode(tokenizerJson())]]);
+      await writeHfDirectory(from, { config: smol, tensors: t, extraFiles }, { s3: server.storeOptions(), dtype: 'BF16', maxShardBytes: 3000 });
+      const run = join(root, 'runs', 's3-smol');
+      const text = textFile(root);
+      const out = memoryOut();
+      const r = await convertFromHf({ from, runDir: run, train: text, validation: text, s3: server.storeOptions(), out });
+      expect(out.text()).toContain(`converted ${from}`);
+      expect(r.parameters).toBe([...t.values()].reduce((n, x) => n + x.data.length, 0));
+      const to = `s3://${server.bucket}/exports/smol`;
+      await convertToHf({ runDir: run, hfDir: to, s3: server.storeOptions(), out });
+      const a = await readHfDirectory(from, { s3: server.storeOptions() });
+      const b = await readHfDirectory(to, { s3: server.storeOptions() });
+      expect(b.config).toEqual(smol);
+      expect(b.dtypes).toEqual(a.dtypes);
+      for (const [name, x] of a.tensors) expect(b.tensors.get(name)!.data, name).toEqual(x.data);
+      expect(b.extraFiles.get('tokenizer.json')).toEqual(a.extraFiles.get('tokenizer.json'));
+    });
   });
 });
