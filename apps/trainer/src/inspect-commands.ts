@@ -4,10 +4,11 @@ import { Rng, TsformerError, selectBackend, type BackendName } from '@tsformer/c
 import { DecoderLM, generate } from '@tsformer/model';
 import { evalBatches } from '@tsformer/data';
 import { evaluate } from '@tsformer/train';
-import { LocalStore, findResumeStep, verifyStep } from '@tsformer/checkpoint';
+import { findResumeStep, openStore, verifyStep } from '@tsformer/checkpoint';
 import YAML from 'yaml';
 import { resolveConfig, type RunConfig } from './config.js';
 import { loadWeights } from './checkpointing.js';
+import { s3OptionsOf } from './train-command.js';
 import { loadSplit, makeTokenizer } from './train-command.js';
 import type { Out } from './out.js';
 
@@ -22,7 +23,8 @@ export async function loadRun(runDir: string, opts: { step?: number; backend?: B
   const cfgPath = join(runDir, 'config.yaml');
   if (!existsSync(cfgPath)) throw new TsformerError(`${runDir} is not a run directory (no config.yaml)`, 'config');
   const { config } = resolveConfig(YAML.parse(readFileSync(cfgPath, 'utf8')), cfgPath);
-  const store = new LocalStore(config.checkpoint.dir ?? join(runDir, 'checkpoints'));
+  // checkpoint.dir may be s3://bucket/prefix; without one, the checkpoints sit in the run directory given.
+  const store = openStore(config.checkpoint.dir ?? join(runDir, 'checkpoints'), { s3: s3OptionsOf(config, opts.out) });
   let step = opts.step;
   if (step === undefined) step = await findResumeStep(store, { onWarning: (m) => opts.out.warn(`warning: ${m}`) });
   else await verifyStep(store, step);

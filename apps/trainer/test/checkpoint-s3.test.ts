@@ -63,6 +63,12 @@ describe('checkpoints on S3', () => {
     // no credential in anything the run wrote
     const written = [...(await readStep(store, 8)).values()].map((b) => Buffer.from(b).toString('latin1')).join('') + readFileSync(join(b.runs, 'tiny', 'metrics.jsonl'), 'utf8');
     expect(written).not.toMatch(/S3RVER/);
+    // sample and eval read the run's checkpoints from S3 too
+    const sampled = await cli('sample', '--run', join(b.runs, 'tiny'), '--prompt', 'the ', '--max-new-tokens', '4');
+    expect(sampled.code, sampled.text).toBe(0);
+    expect(sampled.text).toMatch(/checkpoint: step 8/);
+    const evaluated = await cli('eval', '--run', join(b.runs, 'tiny'));
+    expect(evaluated.code, evaluated.text).toBe(0);
   });
 
   it('hops local -> S3 -> a new process: a step copied to S3 resumes there and equals an uninterrupted run', async () => {
