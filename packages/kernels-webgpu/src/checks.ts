@@ -1,6 +1,10 @@
 import { tf } from '@tsformer/core';
 import { FLASH_ATTENTION, flashAttention, flashAttentionComposite, type FlashAttentionOptions } from './attention.js';
 import { kernelActive } from './program.js';
+import { RMS_NORM, rmsNorm, rmsNormComposite } from './rmsnorm.js';
+import { ROPE, rope, ropeComposite, type RopeLayout } from './rope.js';
+import { ADAMW, adamwUpdate, adamwUpdateComposite, type AdamWHyper } from './adamw.js';
+import { SPARSE_XENT, sparseCrossEntropy, sparseCrossEntropyComposite } from './xent.js';
 
 /**
  * Kernel checks: each fused kernel against its composite definition, on the backend now active,
@@ -121,6 +125,77 @@ export async function checkAttention(c: AttentionCase, seed: number): Promise<Ch
   return r;
 }
 
+export async function checkRmsNorm(N: number, D: number, gated: boolean, seed: number): Promise<CheckResult> {
+  const x = randn([N, D], seed);
+  const w = tf.tidy(() => randn([D], seed + 1).mul(0.2).add(1));
+  const g = randn([N, D], seed + 2);
+  const xs = gated ? [x, w, g] : [x, w];
+  const r = await compare(
+    `rmsnorm${gated ? ' gated' : ''} N${N} D${D}`,
+    kernelActive(RMS_NORM),
+    xs,
+    gated ? ['x', 'weight', 'gate'] : ['x', 'weight'],
+    ([a, b, c]) => rmsNorm(a!, b!, 1e-5, c),
+    ([a, b, c]) => rmsNormComposite(a!, b!, 1e-5, c),
+    seed,
+  );
+  tf.dispose([x, w, g]);
+  return r;
+}
+
+export async function checkRope(B: number, T: number, H: number, D: number, R: number, layout: RopeLayout, seed: number): Promise<CheckResult> {
+  const x = randn([B, T, H, D], seed);
+  const angles = tf.tidy(() => randn([T, R / 2], seed + 1).mul(3));
+  const cos = tf.cos(angles);
+  const sin = tf.sin(angles);
+  const r = await compare(
+    `rope ${layout} B${B} T${T} H${H} D${D} R${R}`,
+    kernelActive(ROPE),
+    [x],
+    ['x'],
+    ([a]) => rope(a!, cos, sin, layout),
+    ([a]) => ropeComposite(a!, cos, sin, layout),
+    seed,
+  );
+  tf.dispose([x, angles, cos, sin]);
+  return r;
+}
+
+export async function checkAdamW(n: number, seed: number): Promise<CheckResult> {
+  const [p, m, g] = [randn([n], seed), tf.tidy(() => randn([n], seed + 1).mul(0.1)), randn([n], seed + 2)];
+  const v = tf.tidy(() => randn([n], seed + 3).square().mul(0.01));
+  const h: AdamWHyper = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 7 };
+  const flat = (u: { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor }) => tf.concat([u.p, u.m, u.v]);
+  const r = await compare(
+    `adamw n${n}`,
+    kernelActive(ADAMW),
+    [p, m, v, g],
+    ['p', 'm', 'v', 'g'],
+    ([a, b, c, d]) => flat(adamwUpdate(a!, b!, c!, d!, h)),
+    ([a, b, c, d]) => flat(adamwUpdateComposite(a!, b!, c!, d!, h)),
+    seed,
+    false,
+  );
+  tf.dispose([p, m, v, g]);
+  return r;
+}
+
+export async function checkSparseCrossEntropy(N: number, V: number, seed: number): Promise<CheckResult> {
+  const logits = tf.tidy(() => randn([N, V], seed).mul(3));
+  const targets = tf.tidy(() => randn([N], seed + 1).abs().mul(V / 3).floor().clipByValue(0, V - 1).cast('int32'));
+  const r = await compare(
+    `sparse cross-entropy N${N} V${V}`,
+    kernelActive(SPARSE_XENT),
+    [logits],
+    ['logits'],
+    ([a]) => sparseCrossEntropy(a!, targets),
+    ([a]) => sparseCrossEntropyComposite(a!, targets),
+    seed,
+  );
+  tf.dispose([logits, targets]);
+  return r;
+}
+
 /** Every check, in order. */
 export async function runChecks(opts: { scale?: number; seed?: number; log?: (r: CheckResult) => void } = {}): Promise<CheckResult[]> {
   const seed = opts.seed ?? (Date.now() % 1_000_000);
@@ -130,6 +205,13 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
     opts.log?.(r);
   };
   let n = 0;
-  for (const c of attentionCases(opts.scale ?? 1)) push(await checkAttention(c, seed + 10 * n++));
+  const k = opts.scale ?? 1;
+  for (const c of attentionCases(k)) push(await checkAttention(c, seed + 10 * n++));
+  push(await checkRmsNorm(26 * k, 40, false, seed + 10 * n++));
+  push(await checkRmsNorm(26 * k, 300, true, seed + 10 * n++));
+  push(await checkRope(2, 9 * k, 3, 16, 16, 'half', seed + 10 * n++));
+  push(await checkRope(2, 9 * k, 3, 16, 12, 'interleaved', seed + 10 * n++));
+  push(await checkAdamW(1000 * k + 3, seed + 10 * n++));
+  push(await checkSparseCrossEntropy(37 * k, 1001, seed + 10 * n++));
   return out;
 }

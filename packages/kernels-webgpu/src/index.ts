@@ -7,5 +7,9 @@ export {
   FLASH_ATTENTION_GRAD,
   type FlashAttentionOptions,
 } from './attention.js';
+export { rmsNorm, rmsNormComposite, RMS_NORM, RMS_NORM_GRAD } from './rmsnorm.js';
+export { rope, ropeComposite, ROPE, type RopeLayout } from './rope.js';
+export { adamwUpdate, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult } from './adamw.js';
+export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
 export { runChecks, type CheckResult } from './checks.js';

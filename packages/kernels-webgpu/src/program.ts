@@ -7,10 +7,13 @@ import { tf } from '@tsformer/core';
  * needs the backend module only at run time, and only on `webgpu`.
  */
 export interface WebGpuBackendLike {
-  runWebGPUProgram(program: KernelProgram, inputs: TensorInfo[], outputDtype: 'float32' | 'int32'): TensorInfo;
+  runWebGPUProgram(program: KernelProgram, inputs: TensorInfo[], outputDtype: 'float32' | 'int32', uniforms?: UniformData): TensorInfo;
   disposeData(dataId: object): boolean;
   device: { limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number } };
 }
+
+/** Values of a program's own uniforms, in the order of its `uniforms` declaration. */
+export type UniformData = Array<{ type: 'float32' | 'int32' | 'uint32'; data: number[] }>;
 
 /**
  * One compute shader in the shape tfjs-backend-webgpu runs. Every size is baked into the WGSL as a
@@ -27,6 +30,8 @@ export class KernelProgram {
   readonly variableComponents: number[] | undefined;
   readonly workgroupSize: [number, number, number];
   readonly dispatchLayout: { x: number[] };
+  /** WGSL fields appended to tfjs's uniform block (`name: f32, ...`), read as `uniforms.name`. */
+  readonly uniforms: string | undefined;
   dispatch: [number, number, number];
   shaderKey: string;
   readonly #body: string;
@@ -36,6 +41,8 @@ export class KernelProgram {
     key: string;
     outputShape: number[];
     inputs: string[];
+    /** Uniform fields (values that change between calls without a recompile), e.g. `lr: f32,`. */
+    uniforms?: string;
     /** Components per input element (4: the input is read as vec4<f32>); default 1 each. */
     components?: number[];
     threads: number;
@@ -50,6 +57,7 @@ export class KernelProgram {
     this.dispatchLayout = { x: a.outputShape.map((_, i) => i) };
     this.dispatch = [a.numGroups, 1, 1];
     this.shaderKey = a.key;
+    this.uniforms = a.uniforms;
     this.#body = a.body;
   }
 
@@ -67,8 +75,8 @@ export class KernelProgram {
 }
 
 /** Runs a program on the webgpu backend and returns its float32 output. */
-export function run(backend: WebGpuBackendLike, program: KernelProgram, inputs: TensorInfo[]): TensorInfo {
-  return backend.runWebGPUProgram(program, inputs, 'float32');
+export function run(backend: WebGpuBackendLike, program: KernelProgram, inputs: TensorInfo[], uniforms?: UniformData): TensorInfo {
+  return backend.runWebGPUProgram(program, inputs, 'float32', uniforms);
 }
 
 /** Copies `size` floats from `src` starting at `offset` into a new tensor of `shape`. */

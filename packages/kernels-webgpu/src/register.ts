@@ -1,4 +1,8 @@
 import { registerFlashAttention } from './attention.js';
+import { registerRmsNorm } from './rmsnorm.js';
+import { registerRope } from './rope.js';
+import { registerAdamW } from './adamw.js';
+import { registerSparseCrossEntropy } from './xent.js';
 
 /**
  * Registers every fused kernel of this package for the `webgpu` backend (and their gradients).
@@ -6,4 +10,8 @@ import { registerFlashAttention } from './attention.js';
  */
 export function registerWebGpuKernels(): void {
   registerFlashAttention();
+  registerRmsNorm();
+  registerRope();
+  registerAdamW();
+  registerSparseCrossEntropy();
 }
