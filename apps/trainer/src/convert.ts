@@ -89,6 +89,7 @@ export async function convertFromHf(o: ConvertFromHfOptions): Promise<ConvertRes
   const spec = readHfConfig(hf.config);
   if (spec.ignored.length > 0) o.out.warn(`warning: config.json keys not used: ${spec.ignored.join(', ')}`);
   const state = hfToStateDict(hf.tensors, hf.config);
+  hf.tensors.clear(); // the mapped copies are all that is needed from here: let the source go
   const parameters = [...state.values()].reduce((n, t) => n + t.data.length, 0);
 
   const name = basename(o.runDir);

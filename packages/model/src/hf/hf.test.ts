@@ -3,6 +3,7 @@ import { relativeError, tf } from '@tsformer/core';
 import { DecoderLM } from '../decoder.js';
 import {
   hfConfigToModelConfig,
+  hfTensorMap,
   hfToStateDict,
   loadHfWeights,
   modelConfigToHfConfig,
@@ -336,6 +337,75 @@ async function ourLogits(c: HfConfig, t: Map<string, HostArray>, ids = IDS): Pro
     model.dispose();
   }
 }
+
+// Published config.json files (values as released) and their published parameter counts
+const llama32_1b: HfConfig = {
+  architectures: ['LlamaForCausalLM'],
+  attention_bias: false,
+  attention_dropout: 0.0,
+  bos_token_id: 128000,
+  eos_token_id: 128001,
+  head_dim: 64,
+  hidden_act: 'silu',
+  hidden_size: 2048,
+  initializer_range: 0.02,
+  intermediate_size: 8192,
+  max_position_embeddings: 131072,
+  mlp_bias: false,
+  model_type: 'llama',
+  num_attention_heads: 32,
+  num_hidden_layers: 16,
+  num_key_value_heads: 8,
+  pretraining_tp: 1,
+  rms_norm_eps: 1e-5,
+  rope_scaling: { factor: 32.0, high_freq_factor: 4.0, low_freq_factor: 1.0, original_max_position_embeddings: 8192, rope_type: 'llama3' },
+  rope_theta: 500000.0,
+  tie_word_embeddings: true,
+  torch_dtype: 'bfloat16',
+  transformers_version: '4.45.0.dev0',
+  use_cache: true,
+  vocab_size: 128256,
+};
+const qwen25_05b: HfConfig = {
+  architectures: ['Qwen2ForCausalLM'],
+  attention_dropout: 0.0,
+  bos_token_id: 151643,
+  eos_token_id: 151643,
+  hidden_act: 'silu',
+  hidden_size: 896,
+  initializer_range: 0.02,
+  intermediate_size: 4864,
+  max_position_embeddings: 32768,
+  max_window_layers: 24,
+  model_type: 'qwen2',
+  num_attention_heads: 14,
+  num_hidden_layers: 24,
+  num_key_value_heads: 2,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000.0,
+  sliding_window: 32768,
+  tie_word_embeddings: true,
+  torch_dtype: 'bfloat16',
+  transformers_version: '4.40.1',
+  use_cache: true,
+  use_sliding_window: false,
+  vocab_size: 151936,
+};
+
+describe('published configs', () => {
+  it.each([
+    ['Llama-3.2-1B', llama32_1b, 1_235_814_400],
+    ['Qwen2.5-0.5B', qwen25_05b, 494_032_768],
+  ])('%s: every key understood, the published parameter count, the same config.json back', (_n, c, params) => {
+    const spec = readHfConfig(c);
+    expect(spec.ignored).toEqual([]);
+    const count = hfTensorMap(spec)
+      .filter((e) => !e.oursOnly)
+      .reduce((n, e) => n + e.hfShape.reduce((a, b) => a * b, 1), 0);
+    expect(count).toBe(params);
+    expect(modelConfigToHfConfig(spec.model, { base: c })).toEqual(c);
+  });
+});
 
 describe('config.json -> ModelConfig', () => {
   it('maps a SmolLM-style Llama (GQA, tied)', () => {
