@@ -12,7 +12,7 @@
  *
  * `sample`, `eval` and the distillation recipes read the run like any trained one.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Argv } from 'yargs';
 import YAML from 'yaml';
@@ -35,7 +35,7 @@ import {
   type SafeDType,
 } from '@tsformer/checkpoint';
 import { resolveConfig } from './config.js';
-import { checkpointStoreOf } from './train-command.js';
+import { checkpointStoreOf, makeTokenizer } from './train-command.js';
 import type { Out } from './out.js';
 
 /** Name of the run-directory file that remembers the Hugging Face source. */
@@ -114,16 +114,28 @@ export async function convertFromHf(o: ConvertFromHfOptions): Promise<ConvertRes
   };
   const { config, yaml } = resolveConfig(raw, `${o.runDir}/config.yaml`);
 
+  const existed = existsSync(o.runDir);
   mkdirSync(o.runDir, { recursive: true });
-  for (const [file, bytes] of hf.extraFiles) writeFileSync(join(o.runDir, file), bytes);
-  const source: HfSource = { format: 'tsformer-hf-source/1', from: hf.location, config: hf.config, dtypes: hf.dtypes };
-  writeFileSync(join(o.runDir, HF_SOURCE_FILE), `${JSON.stringify(source, null, 2)}\n`);
-  const files: Record<string, Uint8Array | string> = { 'config.yaml': yaml };
-  const maxShardBytes = config.checkpoint.maxShardMB * 1024 * 1024;
-  for (const [file, bytes] of encodeShardedSafetensors(state, { maxShardBytes, metadata: { format: 'pt', producer: 'tsformer', source: `hf:${hf.location}` } })) files[file] = bytes;
+  let dir: string;
   const store = new LocalStore(join(o.runDir, 'checkpoints'));
-  const dir = await saveStep(store, 0, files);
-  writeFileSync(join(o.runDir, 'config.yaml'), yaml); // last: a run directory with config.yaml is complete
+  try {
+    for (const [file, bytes] of hf.extraFiles) writeFileSync(join(o.runDir, file), bytes);
+    // the tokenizer loads and fits the embedding, or the conversion stops here
+    const tokenizer = await makeTokenizer(config);
+    if (hasTokenizer) o.out.info(`tokenizer: ${tokenizer.name}, vocabulary ${tokenizer.vocabSize} (model ${config.model.vocabSize})`);
+    const source: HfSource = { format: 'tsformer-hf-source/1', from: hf.location, config: hf.config, dtypes: hf.dtypes };
+    writeFileSync(join(o.runDir, HF_SOURCE_FILE), `${JSON.stringify(source, null, 2)}\n`);
+    const files: Record<string, Uint8Array | string> = { 'config.yaml': yaml };
+    const maxShardBytes = config.checkpoint.maxShardMB * 1024 * 1024;
+    for (const [file, bytes] of encodeShardedSafetensors(state, { maxShardBytes, metadata: { format: 'pt', producer: 'tsformer', source: `hf:${hf.location}` } })) files[file] = bytes;
+    dir = await saveStep(store, 0, files);
+    writeFileSync(join(o.runDir, 'config.yaml'), yaml); // last: a run directory with config.yaml is complete
+  } catch (e) {
+    // leave no half-made run behind (the directory was absent or empty)
+    if (existed) for (const f of readdirSync(o.runDir)) rmSync(join(o.runDir, f), { recursive: true, force: true });
+    else rmSync(o.runDir, { recursive: true, force: true });
+    throw e;
+  }
   o.out.info(
     `converted ${hf.location} (${spec.modelType}, ${parameters.toLocaleString('en-US')} parameters, ${hf.weightFiles.length} weight file(s)) -> ${o.runDir} (${store.location}/${dir})`,
   );

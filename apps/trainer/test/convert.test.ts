@@ -1,6 +1,6 @@
 // tsformer convert: tiny Hugging Face directories written here (HF names, [out, in] weights, BF16/F16
 // shards, a byte-level BPE tokenizer.json) -> run directories that sample/eval read -> back to HF.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -305,6 +305,13 @@ describe('tsformer convert', () => {
     const r3 = await cli('convert', '--from', 'hf', shapes, '--out', join(root, 'r3'));
     expect(r3.text).toContain('tensor "model.layers.0.mlp.gate_proj.weight": the checkpoint has shape [32, 16], config.json gives [40, 16]');
     expect(r3.code).toBe(1);
+
+    // a tokenizer larger than the embedding: stopped before anything is left behind
+    const small = join(root, 'small');
+    writeHfDir(small, { ...smol, vocab_size: 200 }, () => 'F32', 1e9);
+    const r6 = await cli('convert', '--from', 'hf', small, '--out', join(root, 'r6'));
+    expect(r6.text).toContain("model.vocabSize (200) is smaller than the tokenizer's vocabulary (262)");
+    expect(existsSync(join(root, 'r6'))).toBe(false);
 
     const both = await cli('convert', '--from', 'hf', '--to', 'hf', shapes, '--out', join(root, 'r4'));
     expect(both.text).toContain('give exactly one of --from hf or --to hf');
