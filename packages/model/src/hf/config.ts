@@ -435,7 +435,7 @@ function sameJson(a: unknown, b: unknown): boolean {
 }
 
 /** A scaling as an HF `rope_scaling` object, or null. */
-function ropeScalingToHf(cfg: ModelConfig): { scaling: HfConfig | null; theta: number } {
+function ropeScalingToHf(cfg: ModelConfig, headDim: number): { scaling: HfConfig | null; theta: number } {
   const p = cfg.positional;
   if (p.type !== 'rope') throw new TsformerError(`model.positional.type: ${p.type} cannot be exported (Llama-family models use RoPE)`, 'config');
   const s = p.scaling;
@@ -470,8 +470,7 @@ function ropeScalingToHf(cfg: ModelConfig): { scaling: HfConfig | null; theta: n
         theta: p.theta,
       };
     case 'ntk': {
-      // no HF rope_type: the same frequencies are a raised base, theta * factor^(R/(R-2))
-      const headDim = cfg.attention?.type === 'mha' ? (cfg.attention.headDim ?? cfg.dModel / cfg.attention.numHeads) : cfg.dModel;
+      // no HF rope_type: the same frequencies are a raised base, theta * factor^(R/(R-2)) (R = headDim: HF rotates it all)
       return { scaling: null, theta: p.theta * Math.pow(s.factor, headDim / (headDim - 2)) };
     }
   }
@@ -524,7 +523,7 @@ export function modelConfigToHfConfig(cfg: ModelConfig | ModelConfigInput, opts:
 
   const numKvHeads = a.numKvHeads ?? a.numHeads;
   const headDim = a.headDim ?? m.dModel / a.numHeads;
-  const { scaling, theta } = ropeScalingToHf(m);
+  const { scaling, theta } = ropeScalingToHf(m, headDim);
   const ours: HfConfig = {
     architectures: [ARCHITECTURE[modelType]],
     model_type: modelType,

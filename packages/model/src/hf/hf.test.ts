@@ -1,5 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { relativeError, tf } from '@tsformer/core';
+import { Rope } from '@tsformer/positional';
 import { DecoderLM } from '../decoder.js';
 import {
   hfConfigToModelConfig,
@@ -646,6 +647,17 @@ describe('ModelConfig -> config.json', () => {
     }
     const fresh = modelConfigToHfConfig({ vocabSize: 50, dModel: 32, nLayers: 2, maxSeqLen: 64, attention: { type: 'mha', numHeads: 4, window: 8 } });
     expect(fresh).toMatchObject({ model_type: 'mistral', sliding_window: 8, intermediate_size: 96, head_dim: 8, tie_word_embeddings: true });
+  });
+
+  it('writes ntk scaling (no HF type) as the raised rope_theta with the same frequencies', () => {
+    const cfg = { vocabSize: 50, dModel: 32, nLayers: 2, maxSeqLen: 64, attention: { type: 'mha', numHeads: 2 }, positional: { type: 'rope', theta: 10000, scaling: { type: 'ntk', factor: 4 } } } as const;
+    const out = modelConfigToHfConfig(cfg);
+    expect(out.rope_scaling).toBeNull();
+    expect(out.rope_theta).toBeCloseTo(10000 * 4 ** (16 / 14), 6);
+    const back = hfConfigToModelConfig(out);
+    const ours = new Rope({ headDim: 16, theta: 10000, scaling: { type: 'ntk', factor: 4 } });
+    const theirs = new Rope({ headDim: 16, theta: (back.positional as { theta: number }).theta });
+    expect(relativeError(theirs.invFreq, ours.invFreq)).toBeLessThan(1e-14);
   });
 
   it('writes a changed field over the base', () => {
