@@ -21,7 +21,7 @@ const rel = (a: ArrayLike<number>, b: ArrayLike<number>) => {
 };
 
 function attentionLoops(q: number[], k: number[], v: number[], [B, T, H, Hkv, D]: number[], o: { window?: number; slopes?: number[]; sigmoidBias?: number }) {
-  const G = H / Hkv!;
+  const G = H! / Hkv!;
   const out = new Float64Array(B! * T! * H! * D!);
   for (let b = 0; b < B!; b++)
     for (let h = 0; h < H!; h++)

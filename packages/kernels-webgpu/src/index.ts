@@ -12,4 +12,4 @@ export { rope, ropeComposite, ROPE, type RopeLayout } from './rope.js';
 export { adamwUpdate, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult } from './adamw.js';
 export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
-export { runChecks, type CheckResult } from './checks.js';
+export { runChecks, checkAttention, type CheckResult } from './checks.js';

@@ -1,0 +1,18 @@
+/**
+ * Prints the WebGPU adapter Dawn finds (name, limits, features). Also the entry that lets
+ * ../shared/gpu/kit.sh build the kit: it needs no workspace package (see bundle-gpu.mjs).
+ *
+ *   device: bash .gpu/run.sh gpu-info.mjs
+ */
+import { create, globals } from 'webgpu';
+
+Object.assign(globalThis, globals);
+const adapter = await create([]).requestAdapter({ powerPreference: 'high-performance' });
+if (!adapter) {
+  console.log('no WebGPU adapter');
+  process.exitCode = 1;
+} else {
+  const l = adapter.limits;
+  const names = ['maxBufferSize', 'maxStorageBufferBindingSize', 'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup', 'maxStorageBuffersPerShaderStage'] as const;
+  console.log(JSON.stringify({ info: { vendor: adapter.info.vendor, architecture: adapter.info.architecture, device: adapter.info.device, description: adapter.info.description }, limits: Object.fromEntries(names.map((n) => [n, l[n]])), features: [...adapter.features] }));
+}

@@ -1,0 +1,180 @@
+/**
+ * The GPU benchmark (issue 7): one command, one table. Runs on the lent H100 through the kit:
+ *
+ *   ../shared/gpu/kit.sh scripts/bench/gpu.ts scripts/bench/gpu-check.ts   (then bundle-gpu, see docs/benchmarks.md)
+ *   device: python3 scripts/bench/attention_torch.py > $OUT/torch.jsonl; bash .gpu/run.sh gpu.mjs --torch $OUT/torch.jsonl
+ *
+ * Prints, for causal attention at B, H, D fixed and each T: our fused WGSL kernel, the tfjs composite
+ * path (dense scores), and PyTorch (naive fp32, SDPA fp32, from the JSON lines of attention_torch.py),
+ * forward and forward+backward in ms, with the ratios; then training tokens/s of a GPT-2-small-shaped
+ * model on our webgpu path against PyTorch eager fp32. Every number is measured in this run.
+ */
+// bundled statically: a bundle cannot import the backend module by name at run time
+import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
+import { readFileSync, existsSync } from 'node:fs';
+import { Rng, selectBackend, tf } from '@tsformer/core';
+import { FLASH_ATTENTION, kernelActive, registerWebGpuKernels, flashAttention, flashAttentionComposite } from '@tsformer/kernels-webgpu';
+import { DecoderLM } from '@tsformer/model';
+import { AdamW, trainStep, type Batch } from '@tsformer/train';
+
+const args = process.argv.slice(2);
+const arg = (name: string, dflt: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 && args[i + 1] ? args[i + 1]! : dflt;
+};
+const Ts = arg('T', '1024,2048,4096,8192,16384').split(',').map(Number);
+const B = Number(arg('B', '8'));
+const H = Number(arg('H', '12'));
+const D = Number(arg('D', '64'));
+const gpt2 = arg('gpt2', '8x1024');
+const torchFile = arg('torch', '');
+/** Model shape of the training measurement: layers, width, heads, vocabulary (GPT-2 small by default). */
+const [L, dModel, heads, vocab] = arg('model', '12,768,12,50257').split(',').map(Number) as [number, number, number, number];
+/** `webgpu` on the GPU; `cpu` (tiny sizes) smoke-tests this script anywhere. */
+const backendName = arg('backend', 'webgpu') as 'webgpu' | 'cpu';
+/** Seconds of timed repetitions per measurement (after one warm-up and one probe). */
+const budgetMs = Number(arg('budget', '2')) * 1000;
+
+const now = () => performance.now();
+
+async function sync(r: tf.Tensor | tf.Tensor[]): Promise<void> {
+  const ts = Array.isArray(r) ? r : [r];
+  const s = tf.tidy(() => ts.map((t) => t.sum()).reduce((a, b) => a.add(b)));
+  await s.data();
+  s.dispose();
+}
+
+/** Mean ms per call: a warm-up (compiles), a probe, then as many calls as fit the budget (<= 20). */
+async function time(fn: () => tf.Tensor | tf.Tensor[]): Promise<{ ms: number; peakGiB: number }> {
+  let r = fn();
+  await sync(r);
+  tf.dispose(r);
+  const t0 = now();
+  r = fn();
+  await sync(r);
+  tf.dispose(r);
+  const one = now() - t0;
+  const reps = Math.max(1, Math.min(20, Math.floor(budgetMs / Math.max(one, 1e-3))));
+  const t1 = now();
+  for (let i = 0; i < reps; i++) {
+    r = fn();
+    if (i === reps - 1) await sync(r);
+    tf.dispose(r);
+  }
+  const mem = tf.memory() as { numBytesInGPUAllocated?: number };
+  return { ms: (now() - t1) / reps, peakGiB: (mem.numBytesInGPUAllocated ?? NaN) / 2 ** 30 };
+}
+
+interface Row {
+  T: number;
+  [k: string]: number | string | undefined;
+}
+
+function fmt(x: number | string | undefined, digits = 2): string {
+  if (x === undefined) return '-';
+  if (typeof x === 'string') return x;
+  return x >= 100 ? x.toFixed(0) : x.toFixed(digits);
+}
+
+async function attentionTable(torch: Array<Record<string, unknown>>): Promise<void> {
+  const device = (tf.backend() as unknown as { device?: { limits: { maxStorageBufferBindingSize: number } } }).device;
+  const limit = device?.limits.maxStorageBufferBindingSize ?? 2 ** 31;
+  const rows: Row[] = [];
+  for (const T of Ts) {
+    const row: Row = { T };
+    const q = tf.randomNormal([B, T, H, D]);
+    const k = tf.randomNormal([B, T, H, D]);
+    const v = tf.randomNormal([B, T, H, D]);
+    const grads = (f: typeof flashAttention) => () => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => f(a, b, c).sum() as tf.Scalar)([q, k, v]);
+    try {
+      const fw = await time(() => flashAttention(q, k, v));
+      const fb = await time(grads(flashAttention));
+      Object.assign(row, { oursFwd: fw.ms, oursFwdBwd: fb.ms, oursGiB: fb.peakGiB });
+      // causal FLOPs: forward 2 matmuls over half the scores; our backward recomputes S twice (dq and
+      // dk/dv kernels) and does 5 matmuls: 7 half-score matmuls
+      const half = B * H * T * T * D; // 2 * (T^2 / 2) * D multiply-adds per matmul, per head
+      row.fwdTflops = (2 * half) / (fw.ms * 1e9);
+      row.fbTflops = (9 * half) / (fb.ms * 1e9);
+    } catch (e) {
+      row.oursFwd = `error: ${(e as Error).message.slice(0, 40)}`;
+    }
+    // the composite materializes [B, H, T, T] scores (and several more of that size for the gradient)
+    if (B * H * T * T * 4 <= Math.min(limit, 4 * 2 ** 30)) {
+      try {
+        const fw = await time(() => flashAttentionComposite(q, k, v));
+        const fb = await time(grads(flashAttentionComposite));
+        Object.assign(row, { compFwd: fw.ms, compFwdBwd: fb.ms });
+      } catch (e) {
+        row.compFwd = `error: ${(e as Error).message.slice(0, 40)}`;
+      }
+    } else row.compFwd = 'too big';
+    for (const impl of ['naive', 'sdpa']) {
+      const t = torch.find((r) => r.kind === 'attention' && r.impl === impl && r.T === T);
+      if (t?.error) row[`${impl}Fwd`] = String(t.error);
+      else if (t) Object.assign(row, { [`${impl}Fwd`]: t.fwd_ms as number, [`${impl}FwdBwd`]: t.fwdbwd_ms as number, [`${impl}GiB`]: t.fwdbwd_gib as number });
+    }
+    tf.dispose([q, k, v]);
+    rows.push(row);
+    console.log(JSON.stringify(row));
+  }
+  const ratio = (a: unknown, b: unknown) => (typeof a === 'number' && typeof b === 'number' ? `${(a / b).toFixed(2)}x` : '-');
+  console.log(`\ncausal attention, fp32, B=${B} H=${H} D=${D}: ms (forward / forward+backward)\n`);
+  console.log('| T | ours fused | tfjs composite | torch naive | torch SDPA | ours / SDPA (f+b) | composite / ours (f+b) | ours TFLOP/s (f / f+b) | peak GiB (tfjs pool / torch SDPA) |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(
+      `| ${r.T} | ${fmt(r.oursFwd)} / ${fmt(r.oursFwdBwd)} | ${fmt(r.compFwd)} / ${fmt(r.compFwdBwd)} | ${fmt(r.naiveFwd)} / ${fmt(r.naiveFwdBwd)} | ${fmt(r.sdpaFwd)} / ${fmt(r.sdpaFwdBwd)} | ${ratio(r.oursFwdBwd, r.sdpaFwdBwd)} | ${ratio(r.compFwdBwd, r.oursFwdBwd)} | ${fmt(r.fwdTflops)} / ${fmt(r.fbTflops)} | ${fmt(r.oursGiB, 1)} / ${fmt(r.sdpaGiB, 1)} |`,
+    );
+  }
+}
+
+async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> {
+  const [b, T] = gpt2.split('x').map(Number) as [number, number];
+  const rng = Rng.seeded(1);
+  const model = new DecoderLM(
+    {
+      vocabSize: vocab,
+      dModel,
+      nLayers: L,
+      maxSeqLen: T,
+      attention: { type: 'mha', numHeads: heads },
+      positional: { type: 'rope', theta: 10000 },
+      norm: { type: 'layernorm' },
+      mlp: { type: 'gelu' },
+      tieEmbeddings: true,
+    },
+    { rng },
+  );
+  const opt = new AdamW(model.namedParameters(), { type: 'adamw', lr: 1e-4, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.1 });
+  const n = b * T;
+  const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(vocab)), targets: new Int32Array(n).map(() => rng.int(vocab)), batchSize: b, seqLen: T };
+  const step = () => trainStep(model, opt, [batch], { lr: 1e-4, clipGradNorm: 1 });
+  await step();
+  const steps = 3;
+  const t0 = now();
+  for (let i = 0; i < steps; i++) await step();
+  const ms = (now() - t0) / steps;
+  const mem = tf.memory() as { numBytesInGPUAllocated?: number };
+  const ours = (n / ms) * 1000;
+  const pt = torch.find((r) => r.kind === 'gpt2');
+  console.log(`\nGPT-2-small-shaped training (${L} layers, d=${dModel}, ${heads} heads, vocab ${vocab}, T=${T}, batch ${b}; LayerNorm, GELU MLP, RoPE, tied), fp32, full steps\n`);
+  console.log('| implementation | ms/step | tokens/s | vs torch eager | peak GiB |');
+  console.log('|---|---:|---:|---:|---:|');
+  console.log(`| tsformer webgpu (tfjs ops; attention composite) | ${ms.toFixed(0)} | ${Math.round(ours)} | ${pt ? (ours / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | ${fmt((mem.numBytesInGPUAllocated ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
+  if (pt) console.log(`| PyTorch eager fp32 | ${(pt.ms_per_step as number).toFixed(0)} | ${Math.round(pt.tokens_per_s as number)} | 1.00x | ${fmt(pt.peak_gib as number, 1)} |`);
+  model.dispose();
+  opt.dispose();
+}
+
+async function main(): Promise<void> {
+  const info = await selectBackend(backendName, { webgpuModule });
+  registerWebGpuKernels();
+  console.log(`backend: ${info.name} (${info.detail}); fused attention kernel active: ${kernelActive(FLASH_ATTENTION)}`);
+  const torch = torchFile && existsSync(torchFile) ? readFileSync(torchFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
+  const tinfo = torch.find((r) => r.kind === 'info');
+  if (tinfo) console.log(`torch ${tinfo.torch} on ${tinfo.device}`);
+  if (!args.includes('--no-attention')) await attentionTable(torch);
+  if (gpt2 !== 'none') await trainTable(torch);
+}
+
+await main();
