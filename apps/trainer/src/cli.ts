@@ -9,6 +9,7 @@ import { benchAttention, benchDecode } from './bench-attention.js';
 import { plotCommand } from './plot.js';
 import { runsCommand } from './runs.js';
 import { convertBuilder, convertHandler } from './convert.js';
+import { distillCommand, mergeLoraCommand, type DistillStage } from './distill-command.js';
 import { consoleOut, type Out } from './out.js';
 
 /** `--checkpoint.a.b v` flags (parsed by yargs into `{ a: { b: v } }`) as `checkpoint.a.b=v` overrides. */
@@ -204,6 +205,54 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
       (y) => convertBuilder(y),
       async (a) => {
         await convertHandler(a, out);
+      },
+    )
+    .command(
+      'distill [overrides..]',
+      'Linearize a softmax teacher (LoLCATs stages): tsformer distill --config configs/distill/x.yaml [--stage 1|2|all|eval] [--layers a:b] [--resume auto] a.b=1',
+      (y) =>
+        y
+          .positional('overrides', { type: 'string', array: true, describe: 'dotted.key=value recipe overrides' })
+          .option('config', { type: 'string', demandOption: true, describe: 'YAML distillation recipe (configs/distill/*.yaml)' })
+          .option('stage', { type: 'string', choices: ['1', '2', 'all', 'eval'], default: 'all', describe: 'stage 1 (attention transfer), 2 (LoRA), all (1, 2, evaluation) or eval' })
+          .option('layers', { type: 'string', describe: 'stage 1 on these layers only (a shard: "a:b", "0,3"); stage 2 merges the shards' })
+          .option('resume', { type: 'string', describe: '"auto": continue an unfinished stage from its newest complete checkpoint' })
+          .option('checkpoint', { hidden: true })
+          .option('backend', backendOpt)
+          .option('stop-at', { type: 'number', describe: 'stop the running stage with a checkpoint at this step (continue with --resume auto)' }),
+      async (a) => {
+        const controller = new AbortController();
+        const onSignal = (sig: string) => {
+          if (controller.signal.aborted) process.exit(130);
+          out.warn(`\n${sig}: finishing this step and saving a checkpoint (send again to quit at once)`);
+          controller.abort(sig);
+        };
+        const onInt = () => onSignal('SIGINT');
+        const onTerm = () => onSignal('SIGTERM');
+        process.on('SIGINT', onInt).on('SIGTERM', onTerm);
+        try {
+          await distillCommand({
+            config: a.config,
+            overrides: [...(a.overrides ?? []).map(String), ...checkpointFlags(a.checkpoint)],
+            stage: a.stage as DistillStage,
+            layers: a.layers,
+            resume: a.resume,
+            backend: a.backend as BackendName | undefined,
+            stopAt: a['stop-at'],
+            out,
+            signal: controller.signal,
+          });
+        } finally {
+          process.off('SIGINT', onInt).off('SIGTERM', onTerm);
+        }
+      },
+    )
+    .command(
+      'merge-lora <run>',
+      'Fold the stage-2 LoRA adapters of a distillation run into its weights: <run>/checkpoints/merged/step-<N>',
+      (y) => y.positional('run', { type: 'string', demandOption: true, describe: 'distillation run directory (runs/<name>)' }).option('backend', backendOpt),
+      async (a) => {
+        await mergeLoraCommand({ run: a.run, backend: a.backend as BackendName | undefined, out });
       },
     )
     .command(

@@ -24,7 +24,7 @@ export async function gradStep(
   params: ReadonlyArray<[string, Parameter]>,
   micro: ReadonlyArray<() => tf.Scalar>,
   optimizer: Optimizer,
-  opts: { lr: number; clipGradNorm: number },
+  opts: { lr: number; clipGradNorm: number; clipGroup?: (name: string) => string },
 ): Promise<GradStepResult> {
   const vars = params.map(([, p]) => p.variable);
   const nameOf = new Map(params.map(([n, p]) => [p.variable.name, n]));
@@ -44,7 +44,7 @@ export async function gradStep(
     tf.dispose([lossSum, value]);
     lossSum = next;
   }
-  const { grads, norm } = clipByGlobalNorm(acc, opts.clipGradNorm);
+  const { grads, norm } = clipGrouped(acc, opts.clipGradNorm, opts.clipGroup);
   tf.dispose([...acc.values()]);
   try {
     const [lossData, normData] = await Promise.all([lossSum.data(), norm.data()]);
@@ -57,6 +57,31 @@ export async function gradStep(
   } finally {
     tf.dispose([lossSum, norm, ...grads.values()]);
   }
+}
+
+/**
+ * Clipping by global norm, either over all gradients or (with `group`) separately within each group
+ * of names, so that groups train as if alone (stage-1 layers: shards equal one run). The norm
+ * returned is the global one either way.
+ */
+function clipGrouped(grads: ReadonlyMap<string, tf.Tensor>, maxNorm: number, group?: (name: string) => string): { grads: Map<string, tf.Tensor>; norm: tf.Scalar } {
+  if (!group) return clipByGlobalNorm(grads, maxNorm);
+  const groups = new Map<string, Map<string, tf.Tensor>>();
+  for (const [n, g] of grads) {
+    const k = group(n);
+    if (!groups.has(k)) groups.set(k, new Map());
+    groups.get(k)!.set(n, g);
+  }
+  const out = new Map<string, tf.Tensor>();
+  const norms: tf.Scalar[] = [];
+  for (const part of groups.values()) {
+    const r = clipByGlobalNorm(part, maxNorm);
+    for (const [n, g] of r.grads) out.set(n, g);
+    norms.push(r.norm);
+  }
+  const norm = tf.tidy(() => (norms.length ? tf.addN(norms.map((x) => x.square())) : tf.scalar(0)).sqrt() as tf.Scalar);
+  tf.dispose(norms);
+  return { grads: out, norm };
 }
 
 /** Mean next-token cross-entropy of `model` on a batch (a scalar; call inside a tidy or dispose it). */

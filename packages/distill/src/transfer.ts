@@ -180,7 +180,10 @@ export class AttentionTransfer {
     return maps ? { heads, maps } : { heads };
   }
 
-  /** One stage-1 optimizer step over micro-batches of token ids [B, T] (int32). */
+  /**
+   * One stage-1 optimizer step over micro-batches of token ids [B, T] (int32). Gradients are
+   * clipped per layer (each layer's own global norm), so a layer trains the same in any shard.
+   */
   async step(optimizer: Optimizer, micro: readonly tf.Tensor[], opts: { lr: number; clipGradNorm: number }): Promise<TransferStepResult> {
     const per = tf.zeros([this.layers.length]);
     let perSum = per;
@@ -200,7 +203,8 @@ export class AttentionTransfer {
       };
     });
     try {
-      const r = await gradStep(this.trainableParameters(), fns, optimizer, opts);
+      // each layer clipped on its own: a layer's update never depends on the other layers trained with it
+      const r = await gradStep(this.trainableParameters(), fns, optimizer, { ...opts, clipGroup: (n) => /^layers\.\d+\./.exec(n)?.[0] ?? n });
       const perLayer = Array.from(await perSum.data());
       return { ...r, perLayer };
     } finally {

@@ -1,0 +1,219 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
+import { selectBackend, tf } from '@tsformer/core';
+import { decodeSafetensors, listCompleteSteps, openStore, readStep, type HostTensor } from '@tsformer/checkpoint';
+import { cli, workspace } from './helpers.js';
+import { loadDistillConfig } from '../src/distill-config.js';
+import { loadFinalStudent, loadMergedStudent, openDistill } from '../src/distill-command.js';
+import { memoryOut } from '../src/out.js';
+
+// A tiny softmax teacher trained in the test, then tiny recipes: window 4 over 16-token sequences,
+// so both the window and the linear part of the hybrid attention matter.
+let ws: ReturnType<typeof workspace>;
+let teacherRun: string;
+
+function recipe(name: string, extra: Record<string, unknown> = {}): string {
+  const r = {
+    name,
+    seed: 3,
+    backend: 'cpu',
+    runsDir: ws.runs,
+    teacher: { run: teacherRun },
+    student: { type: 'lolcats', featureDim: 8, window: 4 },
+    stage1: { steps: 4, batchSize: 2, optimizer: { type: 'adamw', lr: 0.01, weightDecay: 0 }, schedule: { type: 'constant' }, logEvery: 1 },
+    stage2: { steps: 4, batchSize: 2, optimizer: { type: 'adamw', lr: 0.005, weightDecay: 0 }, schedule: { type: 'constant' }, logEvery: 1, lora: { rank: 2, alpha: 4 } },
+    eval: { batches: 2, decodeLengths: [8, 16] },
+    checkpoint: { every: 1, keepLast: 10, background: false },
+    ...extra,
+  };
+  const file = join(ws.dir, `${name}.yaml`);
+  writeFileSync(file, YAML.stringify(r));
+  return file;
+}
+
+async function stepTensors(dir: string, stage: string, step?: number): Promise<Map<string, HostTensor>> {
+  const store = openStore(join(dir, 'checkpoints', stage));
+  const steps = await listCompleteSteps(store);
+  const files = await readStep(store, step ?? steps.at(-1)!);
+  return decodeSafetensors(files.get('model.safetensors')!, stage).tensors;
+}
+
+function expectSameTensors(a: Map<string, HostTensor>, b: Map<string, HostTensor>, tol: number): void {
+  expect([...a.keys()].sort()).toEqual([...b.keys()].sort());
+  for (const [k, t] of a) {
+    const u = b.get(k)!;
+    expect(u.shape, k).toEqual(t.shape);
+    let worst = 0;
+    for (let i = 0; i < t.data.length; i++) worst = Math.max(worst, Math.abs(t.data[i]! - u.data[i]!));
+    expect(worst, k).toBeLessThanOrEqual(tol);
+  }
+}
+
+describe('tsformer distill (cpu, tiny teacher)', () => {
+  beforeAll(async () => {
+    await selectBackend('cpu');
+    ws = workspace({ model: { vocabSize: 256, dModel: 16, nLayers: 2, maxSeqLen: 16, attention: { type: 'mha', numHeads: 2 }, dropout: 0 } });
+    const r = await cli('train', '--config', ws.config);
+    expect(r.code, r.text).toBe(0);
+    teacherRun = join(ws.runs, 'tiny');
+  }, 120_000);
+
+  let full: string;
+
+  it('runs both stages end to end and saves eval.json with every field, eval.md and the plot', async () => {
+    const r = await cli('distill', '--config', recipe('full'));
+    expect(r.code, r.text).toBe(0);
+    full = join(ws.runs, 'full');
+    expect(r.text).toContain('after stage 2 (LoRA)');
+    const e = JSON.parse(readFileSync(join(full, 'eval.json'), 'utf8'));
+    const finite = (x: unknown) => expect(Number.isFinite(x), String(x)).toBe(true);
+    expect(Object.keys(e).sort()).toEqual(
+      ['format', 'run', 'backend', 'teacher', 'student', 'heldOut', 'perplexity', 'loss', 'gapClosed', 'pplVsTeacher', 'trainable', 'tokens', 'layers', 'decode', 'targets', 'wallSeconds'].sort(),
+    );
+    for (const k of ['teacher', 'swap', 'stage1', 'stage2']) finite(e.perplexity[k]);
+    for (const k of ['stage1', 'stage2']) finite(e.gapClosed[k]);
+    // the swap is worse than the teacher, and the stages move toward it
+    expect(e.perplexity.swap).toBeGreaterThan(e.perplexity.teacher);
+    expect(e.perplexity.stage2).toBeLessThan(e.perplexity.swap);
+    expect(e.gapClosed.stage2).toBeCloseTo((e.perplexity.swap - e.perplexity.stage2) / (e.perplexity.swap - e.perplexity.teacher), 10);
+    expect(e.tokens).toEqual({ stage1: 4 * 2 * 16, stage2: 4 * 2 * 16, total: 256, teacher: 8 * 4 * 16, shareOfTeacher: 256 / 512 });
+    expect(e.teacher.tokens).toBe(512);
+    // stage 1: 2 layers x (two maps [2, 8, 8] + window factors [2]); stage 2: 2 layers x 4 projections x rank 2 x (16 + 16)
+    expect(e.trainable.stage1).toBe(2 * (2 * 2 * 8 * 8 + 2));
+    expect(e.trainable.stage2).toBe(2 * 4 * 2 * (16 + 16));
+    finite(e.trainable.stage1Share);
+    expect(e.layers.map((l: { layer: number }) => l.layer)).toEqual([0, 1]);
+    for (const l of e.layers) {
+      for (const k of ['swap', 'stage1', 'stage2']) {
+        finite(l[k].mse);
+        expect(l[k].relative).toBeCloseTo(l[k].mse / l.teacherVariance, 10);
+      }
+      expect(l.stage1.mse).toBeLessThan(l.swap.mse);
+    }
+    expect(e.decode.teacher.map((d: { tokens: number }) => d.tokens)).toEqual([8, 16]);
+    // the student's cache is constant in length (window 4 + state); the teacher's grows with it
+    expect(e.decode.student[0].cacheBytes).toBe(e.decode.student[1].cacheBytes);
+    expect(e.decode.teacher[1].cacheBytes).toBe(2 * e.decode.teacher[0].cacheBytes);
+    for (const d of [...e.decode.teacher, ...e.decode.student]) finite(d.tokensPerSecond);
+    expect(typeof e.targets.pplWithin10Percent).toBe('boolean');
+    expect(readFileSync(join(full, 'eval.md'), 'utf8')).toContain('| after stage 1 (ppl@0) |');
+    expect(readFileSync(join(full, 'eval-layers.svg'), 'utf8')).toContain('<svg');
+    // stage 2 saves only the trainable parameters (the adapters)
+    const s2 = await stepTensors(full, 'stage2');
+    expect([...s2.keys()].every((k) => /^layers\.\d\.attn\.[qkvo]_proj\.lora_[AB]\.weight$/.test(k))).toBe(true);
+    expect(s2.size).toBe(2 * 4 * 2);
+    const s1 = await stepTensors(full, 'stage1');
+    expect([...s1.keys()].sort()).toEqual(
+      [0, 1].flatMap((i) => [`layers.${i}.attn.feature_map_k.weight`, `layers.${i}.attn.feature_map_q.weight`, `layers.${i}.attn.window_factors`]).sort(),
+    );
+    // a finished run is reused, not retrained
+    const again = await cli('distill', '--config', join(ws.dir, 'full.yaml'), '--stage', '2');
+    expect(again.code, again.text).toBe(0);
+    expect(again.text).toContain('stage 2: finished already');
+  }, 180_000);
+
+  it('--layers shards, merged by stage 2, equal a single stage-1 run', async () => {
+    const file = recipe('shards');
+    for (const layers of ['0:1', '1:2']) {
+      const r = await cli('distill', '--config', file, '--stage', '1', '--layers', layers);
+      expect(r.code, r.text).toBe(0);
+    }
+    const dir = join(ws.runs, 'shards');
+    expect(existsSync(join(dir, 'checkpoints', 'stage1-layers-0'))).toBe(true);
+    const merged = new Map([...(await stepTensors(dir, 'stage1-layers-0')), ...(await stepTensors(dir, 'stage1-layers-1'))]);
+    expectSameTensors(merged, await stepTensors(full, 'stage1'), 1e-6);
+    const r2 = await cli('distill', '--config', file, '--stage', '2');
+    expect(r2.code, r2.text).toBe(0);
+    expect(r2.text).toContain('stage1-layers-0');
+    expectSameTensors(await stepTensors(dir, 'stage2'), await stepTensors(full, 'stage2'), 1e-5);
+    // a layer outside the recipe's conversion is named
+    const bad = await cli('distill', '--config', recipe('shards-bad', { convert: { layers: '0' } }), '--stage', '1', '--layers', '1');
+    expect(bad.code).toBe(2);
+    expect(bad.text).toContain('--layers 1: layer 1 is not converted');
+  }, 180_000);
+
+  it('resuming mid-stage equals an uninterrupted run; an unfinished stage needs --resume auto', async () => {
+    const file = recipe('resume');
+    const dir = join(ws.runs, 'resume');
+    const a = await cli('distill', '--config', file, '--stop-at', '2');
+    expect(a.code, a.text).toBe(0);
+    expect(a.text).toContain('stage 1: stopped at step 2 of 4');
+    // without --resume: refused, and the checkpoint stays
+    const refused = await cli('distill', '--config', file);
+    expect(refused.code).toBe(2);
+    expect(refused.text).toContain('pass --resume auto');
+    expect(await listCompleteSteps(openStore(join(dir, 'checkpoints', 'stage1')))).toEqual([1, 2]);
+    // stage 1 finishes; then stage 2 stops at its step 3 and finishes
+    const b = await cli('distill', '--config', file, '--resume', 'auto', '--stage', '1');
+    expect(b.code, b.text).toBe(0);
+    expect(b.text).toContain('stage 1: resumed from');
+    const c = await cli('distill', '--config', file, '--resume', 'auto', '--stop-at', '3');
+    expect(c.code, c.text).toBe(0);
+    expect(c.text).toContain('stage 1: finished already');
+    expect(c.text).toContain('stage 2: stopped at step 3 of 4');
+    const d = await cli('distill', '--config', file, '--resume', 'auto');
+    expect(d.code, d.text).toBe(0);
+    expect(d.text).toContain('stage 2: resumed from');
+    expectSameTensors(await stepTensors(dir, 'stage1'), await stepTensors(full, 'stage1'), 0);
+    expectSameTensors(await stepTensors(dir, 'stage2'), await stepTensors(full, 'stage2'), 0);
+  }, 180_000);
+
+  it('merge-lora writes merged weights with the same logits', async () => {
+    const r = await cli('merge-lora', full);
+    expect(r.code, r.text).toBe(0);
+    expect(existsSync(join(full, 'checkpoints', 'merged', 'step-00000004', 'manifest.json'))).toBe(true);
+    const merged = await stepTensors(full, 'merged');
+    expect([...merged.keys()].some((k) => k.includes('lora_'))).toBe(false);
+    const { config, yaml } = loadDistillConfig(join(full, 'config.yaml'));
+    const ctx = await openDistill(config, yaml, { out: memoryOut() });
+    try {
+      const { student } = await loadFinalStudent(ctx);
+      const plain = await loadMergedStudent(ctx);
+      const ids = tf.tensor2d([[116, 104, 101, 32, 106, 117, 114, 121, 32, 115, 97, 105, 100, 32, 116, 104]], [1, 16], 'int32');
+      const la = student.forward(ids).logits;
+      const lb = plain.forward(ids).logits;
+      const diff = (await la.sub(lb).abs().max().data())[0]!;
+      expect(diff).toBeLessThan(1e-4);
+      // and the adapters did something: the merged student is not the stage-1 one
+      expect(plain.namedParameters().some(([n]) => n.includes('lora_'))).toBe(false);
+      tf.dispose([ids, la, lb]);
+      student.dispose();
+      plain.dispose();
+    } finally {
+      ctx.teacher.dispose();
+    }
+  }, 120_000);
+
+  it('recipe typos fail naming the dotted path; bad flags are named', async () => {
+    const typo = recipe('typo', { stage1: { steps: 2, batchSize: 2, optimzer: { type: 'adamw', lr: 0.01 } } });
+    const r = await cli('distill', '--config', typo);
+    expect(r.code).toBe(2);
+    expect(r.text).toContain('stage1.optimzer: unknown key');
+    expect(r.text).toContain('stage1.optimizer:');
+    const r2 = await cli('distill', '--config', recipe('typo2'), 'stage2.lora.rnak=4', 'student.featureDimm=3');
+    expect(r2.code).toBe(2);
+    expect(r2.text).toContain('stage2.lora.rnak: unknown key');
+    expect(r2.text).toContain('student.featureDimm: unknown key');
+    const r3 = await cli('distill', '--config', recipe('typo3', { student: { type: 'lolkats' } }));
+    expect(r3.code).toBe(2);
+    expect(r3.text).toContain('student.type');
+    const r4 = await cli('distill', '--config', recipe('typo4'), '--stage', '2', '--layers', '0:1');
+    expect(r4.code).toBe(2);
+    expect(r4.text).toContain('--layers');
+    const r5 = await cli('distill', '--config', recipe('typo5', { teacher: { hf: '/models/llama' } }));
+    expect(r5.code).toBe(2);
+    expect(r5.text).toContain('tsformer convert --from hf /models/llama');
+    expect(existsSync(join(ws.runs, 'typo'))).toBe(false);
+  }, 60_000);
+
+  it('the shipped recipes validate', () => {
+    for (const f of ['lolcats', 'gla', 'deltanet', 'hybrid']) {
+      const { config } = loadDistillConfig(join('configs', 'distill', `${f}.yaml`));
+      expect(config.name).toBe(`distill-${f}`);
+    }
+    expect(loadDistillConfig('configs/distill/hybrid.yaml').config.convert.keepWorst).toBe(1);
+    expect(loadDistillConfig('configs/distill/gla.yaml').config.student.type).toBe('gla');
+  });
+});
