@@ -13,7 +13,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { readFileSync, existsSync } from 'node:fs';
 import { Rng, selectBackend, tf } from '@tsformer/core';
-import { FLASH_ATTENTION, kernelActive, registerWebGpuKernels, flashAttention, flashAttentionComposite } from '@tsformer/kernels-webgpu';
+import { FLASH_ATTENTION, FLASH_ATTENTION_GRAD, kernelActive, registerWebGpuKernels, flashAttention, flashAttentionComposite } from '@tsformer/kernels-webgpu';
 import { DecoderLM } from '@tsformer/model';
 import { AdamW, trainStep, type Batch } from '@tsformer/train';
 
@@ -61,8 +61,8 @@ async function time(fn: () => tf.Tensor | tf.Tensor[]): Promise<{ ms: number; pe
     if (i === reps - 1) await sync(r);
     tf.dispose(r);
   }
-  const mem = tf.memory() as { numBytesInGPUAllocated?: number };
-  return { ms: (now() - t1) / reps, peakGiB: (mem.numBytesInGPUAllocated ?? NaN) / 2 ** 30 };
+  const mem = tf.memory() as { numBytesAllocatedInGPU?: number };
+  return { ms: (now() - t1) / reps, peakGiB: (mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30 };
 }
 
 interface Row {
@@ -94,6 +94,16 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
       // dk/dv kernels) and does 5 matmuls: 7 half-score matmuls
       const half = B * H * T * T * D; // 2 * (T^2 / 2) * D multiply-adds per matmul, per head
       row.fwdTflops = (2 * half) / (fw.ms * 1e9);
+      // the backward kernel alone (delta, dq, dk/dv), from a saved forward
+      if (kernelActive(FLASH_ATTENTION)) {
+        const attrs = { sigmoid: false, sigmoidBias: 0, window: 0, scale: 1 / Math.sqrt(D), alibi: false };
+        const slopes = tf.zeros([H]);
+        const [o, lse] = tf.engine().runKernel(FLASH_ATTENTION, { q, k, v, slopes }, attrs) as tf.Tensor[];
+        const dy = tf.onesLike(o!);
+        const bw = await time(() => tf.engine().runKernel(FLASH_ATTENTION_GRAD, { q, k, v, slopes, o: o!, lse: lse!, dy }, attrs) as tf.Tensor[]);
+        row.oursBwd = bw.ms;
+        tf.dispose([slopes, o!, lse!, dy]);
+      }
       row.fbTflops = (9 * half) / (fb.ms * 1e9);
     } catch (e) {
       row.oursFwd = `error: ${(e as Error).message.slice(0, 40)}`;
@@ -119,11 +129,11 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
   }
   const ratio = (a: unknown, b: unknown) => (typeof a === 'number' && typeof b === 'number' ? `${(a / b).toFixed(2)}x` : '-');
   console.log(`\ncausal attention, fp32, B=${B} H=${H} D=${D}: ms (forward / forward+backward)\n`);
-  console.log('| T | ours fused | tfjs composite | torch naive | torch SDPA | ours / SDPA (f+b) | composite / ours (f+b) | ours TFLOP/s (f / f+b) | peak GiB (tfjs pool / torch SDPA) |');
+  console.log('| T | ours fused (f / f+b / b kernel) | tfjs composite | torch naive | torch SDPA | ours / SDPA (f+b) | composite / ours (f+b) | ours TFLOP/s (f / f+b) | peak GiB (tfjs pool / torch SDPA) |');
   console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     console.log(
-      `| ${r.T} | ${fmt(r.oursFwd)} / ${fmt(r.oursFwdBwd)} | ${fmt(r.compFwd)} / ${fmt(r.compFwdBwd)} | ${fmt(r.naiveFwd)} / ${fmt(r.naiveFwdBwd)} | ${fmt(r.sdpaFwd)} / ${fmt(r.sdpaFwdBwd)} | ${ratio(r.oursFwdBwd, r.sdpaFwdBwd)} | ${ratio(r.compFwdBwd, r.oursFwdBwd)} | ${fmt(r.fwdTflops)} / ${fmt(r.fbTflops)} | ${fmt(r.oursGiB, 1)} / ${fmt(r.sdpaGiB, 1)} |`,
+      `| ${r.T} | ${fmt(r.oursFwd)} / ${fmt(r.oursFwdBwd)} / ${fmt(r.oursBwd)} | ${fmt(r.compFwd)} / ${fmt(r.compFwdBwd)} | ${fmt(r.naiveFwd)} / ${fmt(r.naiveFwdBwd)} | ${fmt(r.sdpaFwd)} / ${fmt(r.sdpaFwdBwd)} | ${ratio(r.oursFwdBwd, r.sdpaFwdBwd)} | ${ratio(r.compFwdBwd, r.oursFwdBwd)} | ${fmt(r.fwdTflops)} / ${fmt(r.fbTflops)} | ${fmt(r.oursGiB, 1)} / ${fmt(r.sdpaGiB, 1)} |`,
     );
   }
 }
@@ -154,13 +164,13 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   const t0 = now();
   for (let i = 0; i < steps; i++) await step();
   const ms = (now() - t0) / steps;
-  const mem = tf.memory() as { numBytesInGPUAllocated?: number };
+  const mem = tf.memory() as { numBytesAllocatedInGPU?: number };
   const ours = (n / ms) * 1000;
   const pt = torch.find((r) => r.kind === 'gpt2');
   console.log(`\nGPT-2-small-shaped training (${L} layers, d=${dModel}, ${heads} heads, vocab ${vocab}, T=${T}, batch ${b}; LayerNorm, GELU MLP, RoPE, tied), fp32, full steps\n`);
   console.log('| implementation | ms/step | tokens/s | vs torch eager | peak GiB |');
   console.log('|---|---:|---:|---:|---:|');
-  console.log(`| tsformer webgpu (tfjs ops; attention composite) | ${ms.toFixed(0)} | ${Math.round(ours)} | ${pt ? (ours / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | ${fmt((mem.numBytesInGPUAllocated ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
+  console.log(`| tsformer webgpu (tfjs ops; attention composite) | ${ms.toFixed(0)} | ${Math.round(ours)} | ${pt ? (ours / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
   if (pt) console.log(`| PyTorch eager fp32 | ${(pt.ms_per_step as number).toFixed(0)} | ${Math.round(pt.tokens_per_s as number)} | 1.00x | ${fmt(pt.peak_gib as number, 1)} |`);
   model.dispose();
   opt.dispose();

@@ -296,7 +296,8 @@ const dsSnippet = `
  */
 function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): KernelProgram {
   const BR = Math.min(64, maxThreads);
-  const BC = fitTile(32, (n) => 2 * n * d.D * 4 + 16, limit);
+  const own = BR * (d.D / 4 + 1) * 16; // the dO rows, one padded row per thread
+  const BC = fitTile(32, (n) => 2 * n * d.D * 4 + own + 16, limit);
   const NQB = Math.ceil(d.T / BR);
   return new KernelProgram({
     key: keyOf('tsf_fa_dq', d, r, [BR, BC]),
@@ -311,6 +312,8 @@ function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ker
       const BR = ${BR}u; const BC = ${BC}u; const NQB = ${NQB}u;
       var<workgroup> kt: array<vec4<f32>, ${BC * (d.D / 4)}>;
       var<workgroup> vt: array<vec4<f32>, ${BC * (d.D / 4)}>;
+      const VS = D4 + 1u;
+      var<workgroup> dOown: array<vec4<f32>, ${BR * (d.D / 4 + 1)}>;
       var<workgroup> wgShared: u32;
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
@@ -323,11 +326,11 @@ function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ker
         let i = qb * BR + localIndex;
         let ic = min(i, T - 1u);
         let slope = select(0.0, S[h], ALIBI);
+        // q and dq in registers; dO_i in a padded shared row of this thread's own (register pressure)
         var q: array<vec4<f32>, D4>;
-        var dO: array<vec4<f32>, D4>;
         var dq: array<vec4<f32>, D4>;
         let qBase = ((b * T + ic) * H + h) * D4;
-        for (var c = 0u; c < D4; c++) { q[c] = Q[qBase + c] * SCALE; dO[c] = DO[qBase + c]; dq[c] = vec4<f32>(0.0); }
+        for (var c = 0u; c < D4; c++) { q[c] = Q[qBase + c] * SCALE; dOown[localIndex * VS + c] = DO[qBase + c]; dq[c] = vec4<f32>(0.0); }
         let lse = LSE[(b * H + h) * T + ic];
         let delta = select(DELTA[(b * H + h) * T + ic], 0.0, SIGMOID);
         let iLo = qb * BR;
@@ -346,7 +349,7 @@ function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ker
             let j = j0 + jt;
             var x = 0.0;
             var dp = 0.0;
-            for (var c = 0u; c < D4; c++) { x += dot(q[c], kt[jt * D4 + c]); dp += dot(dO[c], vt[jt * D4 + c]); }
+            for (var c = 0u; c < D4; c++) { x += dot(q[c], kt[jt * D4 + c]); dp += dot(dOown[localIndex * VS + c], vt[jt * D4 + c]); }
             if (ALIBI) { x -= slope * (f32(i) - f32(j)); }
             if (!visible(i, j)) { x = MASKED; }
             let ds = dscore(weight(x, lse), dp, delta);
@@ -369,12 +372,12 @@ function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ker
 /**
  * dK and dV: one thread per key row j of kv head g; the workgroup walks, for each of the G query
  * heads that read g, the query tiles that can see its keys (Q, dO, lse, delta tiles in shared
- * memory). dv_j += p dO_i; dk_j += dS (scale q_i). k_j, dk_j and dv_j live in registers, v_j in a
- * padded shared row of its own (no bank conflicts). Output: dk then dv, packed [2, B, T, Hkv, D].
+ * memory). dv_j += p dO_i; dk_j += dS (scale q_i). dk_j and dv_j live in registers, k_j and v_j in
+ * padded shared rows of the thread's own (no bank conflicts; 192 floats of registers spilled). Output: dk then dv, packed [2, B, T, Hkv, D].
  */
 function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): KernelProgram {
   const D4 = d.D / 4;
-  const bytes = (bk: number, bq: number) => bk * (D4 + 1) * 16 + 2 * bq * d.D * 4 + 2 * bq * 4 + 16;
+  const bytes = (bk: number, bq: number) => 2 * bk * (D4 + 1) * 16 + 2 * bq * d.D * 4 + 2 * bq * 4 + 16;
   let BK = Math.min(64, maxThreads);
   let BQ = 32;
   while (BQ > 4 && bytes(BK, BQ) > limit) BQ /= 2;
@@ -392,6 +395,7 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
       ${dsSnippet}
       const BK = ${BK}u; const BQ = ${BQ}u; const NKB = ${NKB}u; const VS = ${D4 + 1}u;
       var<workgroup> vown: array<vec4<f32>, ${BK * (D4 + 1)}>;
+      var<workgroup> kown: array<vec4<f32>, ${BK * (D4 + 1)}>;
       var<workgroup> qt: array<vec4<f32>, ${BQ * D4}>;
       var<workgroup> dOt: array<vec4<f32>, ${BQ * D4}>;
       var<workgroup> lset: array<f32, ${BQ}>;
@@ -406,12 +410,12 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
         let b = wg / (NKB * HKV);
         let j = kb * BK + localIndex;
         let jc = min(j, T - 1u);
-        var k: array<vec4<f32>, D4>;
+        // dk and dv in registers; k_j and v_j in padded shared rows of this thread's own
         var dk: array<vec4<f32>, D4>;
         var dv: array<vec4<f32>, D4>;
         let kBase = ((b * T + jc) * HKV + g) * D4;
         for (var c = 0u; c < D4; c++) {
-          k[c] = K[kBase + c]; vown[localIndex * VS + c] = V[kBase + c];
+          kown[localIndex * VS + c] = K[kBase + c]; vown[localIndex * VS + c] = V[kBase + c];
           dk[c] = vec4<f32>(0.0); dv[c] = vec4<f32>(0.0);
         }
         // queries that see this block: [iLo, iHi)
@@ -440,7 +444,7 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
               let i = i0 + it;
               var x = 0.0;
               var dp = 0.0;
-              for (var c = 0u; c < D4; c++) { x += dot(qt[it * D4 + c], k[c]); dp += dot(dOt[it * D4 + c], vown[localIndex * VS + c]); }
+              for (var c = 0u; c < D4; c++) { x += dot(qt[it * D4 + c], kown[localIndex * VS + c]); dp += dot(dOt[it * D4 + c], vown[localIndex * VS + c]); }
               if (ALIBI) { x -= slope * (f32(i) - f32(j)); }
               if (!visible(i, j)) { x = MASKED; }
               let p = weight(x, lset[it]);
