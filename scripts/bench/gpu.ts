@@ -15,7 +15,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import { Rng, selectBackend, tf } from '@tsformer/core';
 import { FLASH_ATTENTION, FLASH_ATTENTION_GRAD, kernelActive, registerWebGpuKernels, flashAttention, flashAttentionComposite } from '@tsformer/kernels-webgpu';
 import { DecoderLM } from '@tsformer/model';
-import { AdamW, trainStep, type Batch } from '@tsformer/train';
+import { AdamW, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 
 const args = process.argv.slice(2);
 const arg = (name: string, dflt: string) => {
@@ -26,8 +26,10 @@ const Ts = arg('T', '1024,2048,4096,8192,16384').split(',').map(Number);
 const B = Number(arg('B', '8'));
 const H = Number(arg('H', '12'));
 const D = Number(arg('D', '64'));
-const gpt2 = arg('gpt2', '8x1024');
+const gpt2 = arg('gpt2', '8x512');
 const torchFile = arg('torch', '');
+/** JSON lines of the peer (@genai-fi/nanogpt) trained in the same call, same model shape. */
+const peerFile = arg('peer', '');
 /** Model shape of the training measurement: layers, width, heads, vocabulary (GPT-2 small by default). */
 const [L, dModel, heads, vocab] = arg('model', '12,768,12,50257').split(',').map(Number) as [number, number, number, number];
 /** `webgpu` on the GPU; `cpu` (tiny sizes) smoke-tests this script anywhere. */
@@ -65,6 +67,40 @@ async function time(fn: () => tf.Tensor | tf.Tensor[]): Promise<{ ms: number; pe
   return { ms: (now() - t1) / reps, peakGiB: (mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30 };
 }
 
+/**
+ * Frees tfjs-webgpu's pool of released buffers. The pool keeps every released buffer for reuse by
+ * exact size, so a sweep over shapes would hold the largest of each size ever seen.
+ */
+function releasePool(): void {
+  const bm = (tf.backend() as unknown as { bufferManager?: { freeBuffers: Map<string, Array<{ destroy(): void; size: number }>>; numBytesAllocated: number; numFreeBuffers: number } }).bufferManager;
+  if (!bm) return;
+  for (const list of bm.freeBuffers.values()) {
+    for (const b of list) {
+      bm.numBytesAllocated -= b.size;
+      b.destroy();
+    }
+    list.length = 0;
+  }
+  bm.numFreeBuffers = 0;
+}
+
+/** GPU time of one call (timestamp queries), total and the top programs by time. */
+async function profile(f: () => tf.TensorContainer): Promise<{ kernelMs: number; top: string }> {
+  const r = await tf.time(() => tf.dispose(f()));
+  const by = new Map<string, number>();
+  const info = (r as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
+  for (const part of info.split(', ')) {
+    const m = /^(.*): ([\d.eE+-]+)$/.exec(part);
+    if (m) by.set(m[1]!, (by.get(m[1]!) ?? 0) + Number(m[2]));
+  }
+  const top = [...by.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 8)
+    .map(([n, ms]) => `${n} ${ms.toFixed(1)}`)
+    .join(', ');
+  return { kernelMs: r.kernelMs as number, top };
+}
+
 interface Row {
   T: number;
   [k: string]: number | string | undefined;
@@ -90,6 +126,11 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
       const fw = await time(() => flashAttention(q, k, v));
       const fb = await time(grads(flashAttention));
       Object.assign(row, { oursFwd: fw.ms, oursFwdBwd: fb.ms, oursGiB: fb.peakGiB });
+      if (T === Ts[0]) {
+        const p = await profile(grads(flashAttention));
+        console.log(`profile, fused forward+backward at T=${T}: GPU ${p.kernelMs.toFixed(1)} ms of ${fb.ms.toFixed(1)} ms wall; ${p.top}`);
+        row.oursGpuFwdBwd = p.kernelMs;
+      }
       // causal FLOPs: forward 2 matmuls over half the scores; our backward recomputes S twice (dq and
       // dk/dv kernels) and does 5 matmuls: 7 half-score matmuls
       const half = B * H * T * T * D; // 2 * (T^2 / 2) * D multiply-adds per matmul, per head
@@ -114,6 +155,10 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
         const fw = await time(() => flashAttentionComposite(q, k, v));
         const fb = await time(grads(flashAttentionComposite));
         Object.assign(row, { compFwd: fw.ms, compFwdBwd: fb.ms });
+        if (T === Ts[0]) {
+          const p = await profile(grads(flashAttentionComposite));
+          console.log(`profile, composite forward+backward at T=${T}: GPU ${p.kernelMs.toFixed(1)} ms of ${fb.ms.toFixed(1)} ms wall; ${p.top}`);
+        }
       } catch (e) {
         row.compFwd = `error: ${(e as Error).message.slice(0, 40)}`;
       }
@@ -124,12 +169,13 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
       else if (t) Object.assign(row, { [`${impl}Fwd`]: t.fwd_ms as number, [`${impl}FwdBwd`]: t.fwdbwd_ms as number, [`${impl}GiB`]: t.fwdbwd_gib as number });
     }
     tf.dispose([q, k, v]);
+    releasePool();
     rows.push(row);
     console.log(JSON.stringify(row));
   }
   const ratio = (a: unknown, b: unknown) => (typeof a === 'number' && typeof b === 'number' ? `${(a / b).toFixed(2)}x` : '-');
   console.log(`\ncausal attention, fp32, B=${B} H=${H} D=${D}: ms (forward / forward+backward)\n`);
-  console.log('| T | ours fused (f / f+b / b kernel) | tfjs composite | torch naive | torch SDPA | ours / SDPA (f+b) | composite / ours (f+b) | ours TFLOP/s (f / f+b) | peak GiB (tfjs pool / torch SDPA) |');
+  console.log('| T | ours fused (f / f+b / b kernel alone) | tfjs composite | torch naive | torch SDPA | ours / SDPA (f+b) | composite / ours (f+b) | ours TFLOP/s (f / f+b) | peak GiB (tfjs pool / torch SDPA) |');
   console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     console.log(
@@ -160,6 +206,17 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(vocab)), targets: new Int32Array(n).map(() => rng.int(vocab)), batchSize: b, seqLen: T };
   const step = () => trainStep(model, opt, [batch], { lr: 1e-4, clipGradNorm: 1 });
   await step();
+  {
+    const ids = tf.tensor(batch.inputs, [b, T], 'int32');
+    const targets = tf.tensor(batch.targets, [b, T], 'int32');
+    const vars = model.namedParameters().map(([, p]) => p.variable);
+    const p = await profile(() => {
+      const { value, grads } = tf.variableGrads(() => sparseCrossEntropy(model.forward(ids).logits, targets), vars);
+      return [value, ...Object.values(grads)];
+    });
+    console.log(`profile, model forward+backward (no optimizer): GPU ${p.kernelMs.toFixed(0)} ms; ${p.top}`);
+    tf.dispose([ids, targets]);
+  }
   const steps = 3;
   const t0 = now();
   for (let i = 0; i < steps; i++) await step();
@@ -167,13 +224,28 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   const mem = tf.memory() as { numBytesAllocatedInGPU?: number };
   const ours = (n / ms) * 1000;
   const pt = torch.find((r) => r.kind === 'gpt2');
+  const peer = peerTokensPerSec();
   console.log(`\nGPT-2-small-shaped training (${L} layers, d=${dModel}, ${heads} heads, vocab ${vocab}, T=${T}, batch ${b}; LayerNorm, GELU MLP, RoPE, tied), fp32, full steps\n`);
   console.log('| implementation | ms/step | tokens/s | vs torch eager | peak GiB |');
   console.log('|---|---:|---:|---:|---:|');
+  if (peer) console.log(`| peer @genai-fi/nanogpt 1.3.0 (webgpu, its own kernels) | ${((n / peer) * 1000).toFixed(0)} | ${Math.round(peer)} | ${pt ? (peer / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | - |`);
   console.log(`| tsformer webgpu (tfjs ops; attention composite) | ${ms.toFixed(0)} | ${Math.round(ours)} | ${pt ? (ours / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
   if (pt) console.log(`| PyTorch eager fp32 | ${(pt.ms_per_step as number).toFixed(0)} | ${Math.round(pt.tokens_per_s as number)} | 1.00x | ${fmt(pt.peak_gib as number, 1)} |`);
   model.dispose();
   opt.dispose();
+}
+
+/** The peer's tokens/s from the wall-clock between its logged steps (its first log is warm-up). */
+function peerTokensPerSec(): number | undefined {
+  if (!peerFile || !existsSync(peerFile)) return undefined;
+  const logs = readFileSync(peerFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{') && l.includes('wall_ms'))
+    .map((l) => JSON.parse(l) as { wall_ms: number; totalTokens: number });
+  if (logs.length < 3) return undefined;
+  const a = logs[1]!;
+  const z = logs[logs.length - 1]!;
+  return ((z.totalTokens - a.totalTokens) / (z.wall_ms - a.wall_ms)) * 1000;
 }
 
 async function main(): Promise<void> {
@@ -184,6 +256,7 @@ async function main(): Promise<void> {
   const tinfo = torch.find((r) => r.kind === 'info');
   if (tinfo) console.log(`torch ${tinfo.torch} on ${tinfo.device}`);
   if (!args.includes('--no-attention')) await attentionTable(torch);
+  releasePool();
   if (gpt2 !== 'none') await trainTable(torch);
 }
 

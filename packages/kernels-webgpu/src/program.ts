@@ -58,6 +58,10 @@ export class KernelProgram {
     this.dispatch = [a.numGroups, 1, 1];
     this.shaderKey = a.key;
     this.uniforms = a.uniforms;
+    // tfjs names a program by `program.constructor.name` in pipelines and in tf.time's per-kernel
+    // profile; give each kernel its own name there (the key's prefix, e.g. tsf_fa_dq).
+    const name = a.key.replace(/_\d.*$/, '');
+    Object.defineProperty(this, 'constructor', { value: { name }, enumerable: false });
     this.#body = a.body;
   }
 
