@@ -13,7 +13,17 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { readFileSync, existsSync } from 'node:fs';
 import { Rng, selectBackend, tf } from '@tsformer/core';
-import { FLASH_ATTENTION, FLASH_ATTENTION_GRAD, kernelActive, registerWebGpuKernels, flashAttention, flashAttentionComposite } from '@tsformer/kernels-webgpu';
+import {
+  FLASH_ATTENTION,
+  FLASH_ATTENTION_GRAD,
+  adamwUpdate,
+  kernelActive,
+  registerWebGpuKernels,
+  flashAttention,
+  flashAttentionComposite,
+  rope,
+  sparseCrossEntropy as fusedCrossEntropy,
+} from '@tsformer/kernels-webgpu';
 import { DecoderLM } from '@tsformer/model';
 import { AdamW, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 
@@ -230,6 +240,10 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   console.log('|---|---:|---:|---:|---:|');
   if (peer) console.log(`| peer @genai-fi/nanogpt 1.3.0 (webgpu, its own kernels) | ${((n / peer) * 1000).toFixed(0)} | ${Math.round(peer)} | ${pt ? (peer / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | - |`);
   console.log(`| tsformer webgpu (tfjs ops; attention composite) | ${ms.toFixed(0)} | ${Math.round(ours)} | ${pt ? (ours / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
+  releasePool();
+  const fused = await fusedTrainSteps(b, T, steps);
+  const fusedTps = (n / fused.ms) * 1000;
+  console.log(`| tsformer webgpu, same shape on the fused kernels (bench-local model; loss ${fused.loss.toFixed(2)}) | ${fused.ms.toFixed(0)} | ${Math.round(fusedTps)} | ${pt ? (fusedTps / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | - |`);
   if (pt) console.log(`| PyTorch eager fp32 | ${(pt.ms_per_step as number).toFixed(0)} | ${Math.round(pt.tokens_per_s as number)} | 1.00x | ${fmt(pt.peak_gib as number, 1)} |`);
   model.dispose();
   opt.dispose();
@@ -246,6 +260,95 @@ function peerTokensPerSec(): number | undefined {
   const a = logs[1]!;
   const z = logs[logs.length - 1]!;
   return ((z.totalTokens - a.totalTokens) / (z.wall_ms - a.wall_ms)) * 1000;
+}
+
+/**
+ * The same GPT-2-small shape written directly on this package's kernels (fused attention, RoPE,
+ * sparse cross-entropy, AdamW; LayerNorm, GELU and matmuls as tfjs ops): what DecoderLM reaches once
+ * its layers call the kernels. Full steps: forward, backward, global-norm clip, AdamW, loss read-back.
+ */
+async function fusedTrainSteps(b: number, T: number, steps: number): Promise<{ ms: number; loss: number }> {
+  const d = dModel;
+  const Dh = d / heads;
+  const P: Record<string, tf.Variable> = {};
+  const decay = new Set<string>();
+  const param = (name: string, shape: number[], init: 'normal' | 'ones' | 'zeros', std = 0.02) => {
+    P[name] = tf.variable(init === 'normal' ? tf.randomNormal(shape, 0, std) : init === 'ones' ? tf.ones(shape) : tf.zeros(shape), true, `fused.${name}`);
+    if (init === 'normal' && shape.length === 2 && name !== 'emb') decay.add(name);
+  };
+  param('emb', [vocab, d], 'normal');
+  for (let l = 0; l < L; l++) {
+    for (const n of ['ln1', 'ln2']) {
+      param(`${l}.${n}.g`, [d], 'ones');
+      param(`${l}.${n}.b`, [d], 'zeros');
+    }
+    for (const n of ['q', 'k', 'v']) param(`${l}.${n}`, [d, d], 'normal');
+    param(`${l}.o`, [d, d], 'normal', 0.02 / Math.sqrt(2 * L));
+    param(`${l}.up`, [d, 4 * d], 'normal');
+    param(`${l}.down`, [4 * d, d], 'normal', 0.02 / Math.sqrt(2 * L));
+  }
+  param('lnf.g', [d], 'ones');
+  param('lnf.b', [d], 'zeros');
+  const m = new Map<string, tf.Tensor>(Object.entries(P).map(([k, v]) => [k, tf.zerosLike(v)]));
+  const v2 = new Map<string, tf.Tensor>(Object.entries(P).map(([k, v]) => [k, tf.zerosLike(v)]));
+  // RoPE tables [T, Dh/2] (half layout, theta 10000)
+  const ang = new Float32Array(T * (Dh / 2));
+  for (let t = 0; t < T; t++) for (let i = 0; i < Dh / 2; i++) ang[t * (Dh / 2) + i] = t * Math.pow(10000, (-2 * i) / Dh);
+  const angT = tf.tensor(ang, [T, Dh / 2]);
+  const cos = tf.cos(angT);
+  const sin = tf.sin(angT);
+  const ln = (x: tf.Tensor, g: tf.Tensor, bias: tf.Tensor) => {
+    const { mean, variance } = tf.moments(x, -1, true);
+    return x.sub(mean).mul(variance.add(1e-5).rsqrt()).mul(g).add(bias);
+  };
+  const rng = Rng.seeded(2);
+  const ids = tf.tensor(new Int32Array(b * T).map(() => rng.int(vocab)), [b * T], 'int32');
+  const targets = tf.tensor(new Int32Array(b * T).map(() => rng.int(vocab)), [b * T], 'int32');
+  const forwardLoss = () => {
+    let x = tf.gather(P.emb!, ids); // [b*T, d]
+    for (let l = 0; l < L; l++) {
+      const y = ln(x, P[`${l}.ln1.g`]!, P[`${l}.ln1.b`]!);
+      const heads4 = (w: string) => tf.matMul(y, P[`${l}.${w}`]!).reshape([b, T, heads, Dh]); // [b, T, H, Dh]
+      const q = rope(heads4('q'), cos, sin);
+      const k = rope(heads4('k'), cos, sin);
+      const o = flashAttention(q, k, heads4('v')).reshape([b * T, d]);
+      x = x.add(tf.matMul(o, P[`${l}.o`]!));
+      const h = tf.matMul(ln(x, P[`${l}.ln2.g`]!, P[`${l}.ln2.b`]!), P[`${l}.up`]!);
+      x = x.add(tf.matMul(h.mul(0.5).mul(h.mul(0.7978845608).mul(h.square().mul(0.044715).add(1)).tanh().add(1)), P[`${l}.down`]!)); // GELU (tanh)
+    }
+    const logits = tf.matMul(ln(x, P['lnf.g']!, P['lnf.b']!), P.emb!, false, true); // [b*T, V]
+    return fusedCrossEntropy(logits, targets);
+  };
+  let step = 0;
+  const names = Object.keys(P);
+  const trainOne = async () => {
+    step++;
+    const loss = tf.tidy(() => {
+      const { value, grads } = tf.variableGrads(forwardLoss, names.map((n) => P[n]!));
+      const gs = names.map((n) => grads[`fused.${n}`]!);
+      const norm = tf.sqrt(tf.addN(gs.map((g) => g.square().sum()))); // global-norm clip at 1
+      const scale = tf.minimum(tf.scalar(1), tf.scalar(1).div(norm.add(1e-6)));
+      names.forEach((n, i) => {
+        const u = adamwUpdate(P[n]!, m.get(n)!, v2.get(n)!, gs[i]!.mul(scale), { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: decay.has(n) ? 0.1 : 0, step });
+        P[n]!.assign(u.p);
+        m.get(n)!.dispose();
+        v2.get(n)!.dispose();
+        m.set(n, tf.keep(u.m));
+        v2.set(n, tf.keep(u.v));
+      });
+      return value;
+    });
+    const x = (await loss.data())[0]!;
+    loss.dispose();
+    return x;
+  };
+  await trainOne();
+  const t0 = now();
+  let last = 0;
+  for (let i = 0; i < steps; i++) last = await trainOne();
+  const ms = (now() - t0) / steps;
+  tf.dispose([...Object.values(P), ...m.values(), ...v2.values(), angT, cos, sin, ids, targets]);
+  return { ms, loss: last };
 }
 
 async function main(): Promise<void> {
