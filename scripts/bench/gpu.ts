@@ -131,7 +131,9 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
     const q = tf.randomNormal([B, T, H, D]);
     const k = tf.randomNormal([B, T, H, D]);
     const v = tf.randomNormal([B, T, H, D]);
-    const grads = (f: typeof flashAttention) => () => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => f(a, b, c).sum() as tf.Scalar)([q, k, v]);
+    // an explicit upstream gradient: no loss reduction inside the timed region
+    const dOut = tf.randomNormal([B, T, H, D]);
+    const grads = (f: typeof flashAttention) => () => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => f(a, b, c))([q, k, v], dOut);
     try {
       const fw = await time(() => flashAttention(q, k, v));
       const fb = await time(grads(flashAttention));
@@ -178,7 +180,7 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
       if (t?.error) row[`${impl}Fwd`] = String(t.error);
       else if (t) Object.assign(row, { [`${impl}Fwd`]: t.fwd_ms as number, [`${impl}FwdBwd`]: t.fwdbwd_ms as number, [`${impl}GiB`]: t.fwdbwd_gib as number });
     }
-    tf.dispose([q, k, v]);
+    tf.dispose([q, k, v, dOut]);
     releasePool();
     rows.push(row);
     console.log(JSON.stringify(row));

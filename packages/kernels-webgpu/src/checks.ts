@@ -196,6 +196,34 @@ export async function checkSparseCrossEntropy(N: number, V: number, seed: number
   return r;
 }
 
+/** The two-stage Sum (large reductions with few outputs) against float64 sums on the host. */
+export async function checkSum(batch: number, n: number, seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const x = tf.tidy(() => randn([batch, n], seed).add(1)); // mean 1: sums of about n
+  const host = await x.data();
+  const rows = new Float64Array(batch);
+  for (let b = 0; b < batch; b++) for (let i = 0; i < n; i++) rows[b] = rows[b]! + (host[b * n + i] as number);
+  const total = rows.reduce((a, c) => a + c, 0);
+  const perRow = tf.sum(x, 1);
+  const all = tf.sum(x);
+  const kept = tf.tidy(() => tf.sum(x.reshape([batch, 2, n / 2]), [1, 2], true));
+  const err = async (t: tf.Tensor, want: ArrayLike<number>) => {
+    const got = await t.data();
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < want.length; i++) {
+      num += ((got[i] as number) - want[i]!) ** 2;
+      den += want[i]! ** 2;
+    }
+    return Math.sqrt(num / den);
+  };
+  const errors = { rows: await err(perRow, rows), all: await err(all, [total]), keepDims: await err(kept, rows) };
+  const shapeOk = tf.util.arraysEqual(kept.shape, [batch, 1, 1]) && perRow.shape.length === 1 && all.rank === 0;
+  tf.dispose([x, perRow, all, kept]);
+  const ours = tf.getBackend() === 'webgpu' && (tf.getKernel('Sum', 'webgpu') as { tsformer?: boolean } | undefined)?.tsformer === true;
+  return { name: `sum (two-stage) ${batch}x${n}`, fused: shapeOk && ours, errors, ms: performance.now() - t0 };
+}
+
 /** Every check, in order. */
 export async function runChecks(opts: { scale?: number; seed?: number; log?: (r: CheckResult) => void } = {}): Promise<CheckResult[]> {
   const seed = opts.seed ?? (Date.now() % 1_000_000);
@@ -213,5 +241,6 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   push(await checkRope(2, 9 * k, 3, 16, 12, 'interleaved', seed + 10 * n++));
   push(await checkAdamW(1000 * k + 3, seed + 10 * n++));
   push(await checkSparseCrossEntropy(37 * k, 1001, seed + 10 * n++));
+  push(await checkSum(3, 100_000 * k, seed + 10 * n++));
   return out;
 }

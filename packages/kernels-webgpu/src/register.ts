@@ -3,6 +3,7 @@ import { registerRmsNorm } from './rmsnorm.js';
 import { registerRope } from './rope.js';
 import { registerAdamW } from './adamw.js';
 import { registerSparseCrossEntropy } from './xent.js';
+import { registerFastSum } from './reduce.js';
 
 /**
  * Registers every fused kernel of this package for the `webgpu` backend (and their gradients).
@@ -14,4 +15,5 @@ export function registerWebGpuKernels(): void {
   registerRope();
   registerAdamW();
   registerSparseCrossEntropy();
+  registerFastSum();
 }
