@@ -24,6 +24,28 @@ function describeAttention(a: Record<string, unknown>): string {
   return `${a.type}(${parts.join(',')})`;
 }
 
+/**
+ * The attention and positional columns of a run from its config.yaml; runs without a `model:` (a
+ * distillation run names its teacher instead) or with a config this version cannot read say so
+ * rather than failing the listing.
+ */
+function describeModel(path: string): { attention: string; positional: string } {
+  try {
+    const cfg = YAML.parse(readFileSync(path, 'utf8')) as { model?: Record<string, any>; teacher?: unknown };
+    const m = cfg?.model;
+    if (!m) return { attention: cfg?.teacher !== undefined ? '(distillation run)' : '(no model in config)', positional: '-' };
+    const attention = m.layers
+      ? Object.entries(m.layers.defs as Record<string, any>).map(([k, def]) => `${k}:${describeAttention(def.attention)}`).join(' ')
+      : describeAttention(m.attention);
+    const positional = m.layers
+      ? Object.entries(m.layers.defs as Record<string, any>).map(([k, def]) => `${k}:${(def.positional ?? m.positional)?.type ?? '-'}`).join(' ')
+      : (m.positional?.type ?? '-');
+    return { attention, positional };
+  } catch (e) {
+    return { attention: `(unreadable config: ${(e as Error).message.split('\n')[0]})`, positional: '-' };
+  }
+}
+
 /** One row per run directory under `runsDir`: what it is, how far it got, its validation loss. */
 export function listRuns(runsDir: string): RunRow[] {
   if (!existsSync(runsDir)) return [];
@@ -31,15 +53,7 @@ export function listRuns(runsDir: string): RunRow[] {
     .filter((d) => d.isDirectory() && existsSync(join(runsDir, d.name, 'config.yaml')))
     .map((d) => {
       const dir = join(runsDir, d.name);
-      const cfg = YAML.parse(readFileSync(join(dir, 'config.yaml'), 'utf8')) as { model: Record<string, any> };
-      const m = cfg.model;
-      const attention = m.layers
-        ? Object.entries(m.layers.defs as Record<string, any>).map(([k, def]) => `${k}:${describeAttention(def.attention)}`).join(' ')
-        : describeAttention(m.attention);
-      const positional = m.layers
-        ? Object.entries(m.layers.defs as Record<string, any>).map(([k, def]) => `${k}:${(def.positional ?? m.positional).type}`).join(' ')
-        : m.positional.type;
-      const row: RunRow = { name: d.name, attention, positional, step: 0, tokens: 0, status: 'no metrics' };
+      const row: RunRow = { name: d.name, ...describeModel(join(dir, 'config.yaml')), step: 0, tokens: 0, status: 'no metrics' };
       const mp = join(dir, 'metrics.jsonl');
       if (existsSync(mp)) {
         for (const line of readFileSync(mp, 'utf8').split('\n')) {

@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { tf } from '@tsformer/core';
@@ -85,8 +85,16 @@ describe('train, checkpoint, resume, sample, eval', () => {
     expect(state).toMatchObject({ step: 8, tokensSeen: 8 * 4 * 16, optimizerStep: 8, backend: 'cpu', loader: { seed: 7 } });
     expect(state.rng).toHaveLength(4);
     expect(existsSync(join(w.runs, 'tiny', 'samples', 'step-8.txt'))).toBe(true);
+    // a run directory of another kind (no model: in its config) and one with a broken config are listed, not fatal
+    mkdirSync(join(w.runs, 'distilled'));
+    writeFileSync(join(w.runs, 'distilled', 'config.yaml'), 'name: distilled\nteacher: { run: runs/tiny }\n');
+    mkdirSync(join(w.runs, 'broken'));
+    writeFileSync(join(w.runs, 'broken', 'config.yaml'), 'model: [unclosed\n');
     const listed = await cli('runs', w.runs);
+    expect(listed.code).toBe(0);
     expect(listed.text).toMatch(/\| tiny \| mha\(h2\) \| rope \| 8 \| 512 \| \d\.\d{4} \| \d\.\d{4} \| finished \|/);
+    expect(listed.text).toMatch(/\| distilled \| \(distillation run\) \|/);
+    expect(listed.text).toMatch(/\| broken \| \(unreadable config: /);
 
     const s = await cli('sample', '--run', join(w.runs, 'tiny'), '--prompt', 'the jury', '--max-new-tokens', '12', '--temperature', '0');
     expect(s.code).toBe(0);
