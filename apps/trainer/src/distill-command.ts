@@ -13,7 +13,7 @@
  * A stage's last step is marked `done` in its trainer state; a finished stage is read, never
  * retrained. A stage with checkpoints but not done continues only with `--resume auto`.
  */
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { TsformerError, tf, type BackendName } from '@tsformer/core';
 import { BatchLoader, PackedSequences, type Batch } from '@tsformer/data';
@@ -236,7 +236,7 @@ export async function openDistill(config: DistillConfig, yaml: string, o: { resu
       throw new ConfigError('config', [`teacher.pretrain: ${t.pretrain} trains ${s.runDir}, but teacher.run is ${teacherRun}`]);
     }
     if (s.status !== 'finished') throw new TsformerError(`teacher pretraining stopped at step ${s.step}; run the command again to continue it`, 'config');
-  } else if (t.pretrain !== undefined && existsSync(join(teacherRun, 'summary.json')) === false) {
+  } else if (t.pretrain !== undefined && !pretrainFinished(teacherRun)) {
     // a run directory without a finished pretraining: continue it (resume auto never overwrites)
     o.out.info(`teacher: continuing the pretraining of ${teacherRun} with ${t.pretrain}`);
     const s = await trainCommand({ config: t.pretrain, resume: 'auto', out: o.out, signal: o.signal });
@@ -279,6 +279,16 @@ export async function openDistill(config: DistillConfig, yaml: string, o: { resu
   } catch (e) {
     teacher.dispose();
     throw e;
+  }
+}
+
+function pretrainFinished(run: string): boolean {
+  const p = join(run, 'summary.json');
+  if (!existsSync(p)) return false;
+  try {
+    return (JSON.parse(readFileSync(p, 'utf8')) as { status?: string }).status === 'finished';
+  } catch {
+    return false;
   }
 }
 
@@ -708,7 +718,6 @@ export interface MergeLoraOptions {
 export async function mergeLoraCommand(o: MergeLoraOptions): Promise<{ where: string; parameters: number }> {
   const cfgPath = join(o.run, 'config.yaml');
   if (!existsSync(cfgPath)) throw new TsformerError(`${o.run} is not a distillation run directory (no config.yaml)`, 'config');
-  const { readFileSync } = await import('node:fs');
   const raw = YAML.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
   if (raw?.teacher === undefined) throw new TsformerError(`${o.run} is not a distillation run (its config.yaml has no teacher:)`, 'config');
   if (o.backend) raw.backend = o.backend;

@@ -22,7 +22,8 @@ function recipe(name: string, extra: Record<string, unknown> = {}): string {
     runsDir: ws.runs,
     teacher: { run: teacherRun },
     student: { type: 'lolcats', featureDim: 8, window: 4 },
-    stage1: { steps: 4, batchSize: 2, optimizer: { type: 'adamw', lr: 0.01, weightDecay: 0 }, schedule: { type: 'constant' }, logEvery: 1 },
+    // clipping always active in stage 1: shards equal one run only if each layer is clipped on its own
+    stage1: { steps: 4, batchSize: 2, optimizer: { type: 'adamw', lr: 0.01, weightDecay: 0 }, schedule: { type: 'constant' }, clipGradNorm: 1e-4, logEvery: 1 },
     stage2: { steps: 4, batchSize: 2, optimizer: { type: 'adamw', lr: 0.005, weightDecay: 0 }, schedule: { type: 'constant' }, logEvery: 1, lora: { rank: 2, alpha: 4 } },
     eval: { batches: 2, decodeLengths: [8, 16] },
     checkpoint: { every: 1, keepLast: 10, background: false },
