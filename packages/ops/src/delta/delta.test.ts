@@ -153,6 +153,14 @@ describe.each([
     expect(relativeError(ref.o, host.o)).toBeLessThan(1e-5);
   });
 
+  if (gated) {
+    it.each([0.01, 0.1, 1, 10])('chunked matches naive in outputs and gradients with log gates logsigmoid(z) / %s', async (normalizer) => {
+      const gate = (z: number) => -Math.log1p(Math.exp(-z)) / normalizer; // logsigmoid(z) / normalizer
+      const d = draw({ dims: { B: 1, T: 48, H: 2, K: 8, V: 8 }, gated, betaMax: 2, gate, seed: 20 + Math.round(100 * normalizer) });
+      expectClose(await evaluate({ chunk: 16 }, d), await evaluate('naive', d), 1e-4, gated);
+    });
+  }
+
   it('recurrent matches naive in outputs and gradients', async () => {
     const d = draw({ dims: { B: 2, T: 40, H: 2, K: 16, V: 8 }, gated, betaMax: 2, seed: 3 });
     expectClose(await evaluate('recurrent', d), await evaluate('naive', d), 1e-5, gated);
