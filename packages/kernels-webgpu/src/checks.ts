@@ -224,6 +224,28 @@ export async function checkSum(batch: number, n: number, seed: number): Promise<
   return { name: `sum (two-stage) ${batch}x${n}`, fused: shapeOk && ours, errors, ms: performance.now() - t0 };
 }
 
+/** AddN of more tensors than one shader can bind, against float64 sums on the host. */
+export async function checkAddN(count: number, n: number, seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const xs = Array.from({ length: count }, (_, i) => randn([n], seed + i));
+  const want = new Float64Array(n);
+  for (const x of xs) {
+    const d = await x.data();
+    for (let i = 0; i < n; i++) want[i] = want[i]! + (d[i] as number);
+  }
+  const y = tf.addN(xs);
+  const got = await y.data();
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < n; i++) {
+    num += ((got[i] as number) - want[i]!) ** 2;
+    den += want[i]! ** 2;
+  }
+  tf.dispose([...xs, y]);
+  const ours = tf.getBackend() === 'webgpu' && (tf.getKernel('AddN', 'webgpu') as { tsformer?: boolean } | undefined)?.tsformer === true;
+  return { name: `addN of ${count} tensors`, fused: ours, errors: { out: Math.sqrt(num / den) }, ms: performance.now() - t0 };
+}
+
 /** Every check, in order. */
 export async function runChecks(opts: { scale?: number; seed?: number; log?: (r: CheckResult) => void } = {}): Promise<CheckResult[]> {
   const seed = opts.seed ?? (Date.now() % 1_000_000);
@@ -242,5 +264,6 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   push(await checkAdamW(1000 * k + 3, seed + 10 * n++));
   push(await checkSparseCrossEntropy(37 * k, 1001, seed + 10 * n++));
   push(await checkSum(3, 100_000 * k, seed + 10 * n++));
+  push(await checkAddN(40, 1000 * k, seed + 10 * n++));
   return out;
 }

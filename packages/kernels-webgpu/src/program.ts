@@ -9,7 +9,7 @@ import { tf } from '@tsformer/core';
 export interface WebGpuBackendLike {
   runWebGPUProgram(program: KernelProgram, inputs: TensorInfo[], outputDtype: 'float32' | 'int32', uniforms?: UniformData): TensorInfo;
   disposeData(dataId: object): boolean;
-  device: { limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number } };
+  device: { limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number; maxStorageBuffersPerShaderStage: number } };
 }
 
 /** Values of a program's own uniforms, in the order of its `uniforms` declaration. */

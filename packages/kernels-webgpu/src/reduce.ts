@@ -81,3 +81,41 @@ export function registerFastSum(): void {
 export function originalSum(): KernelConfig | undefined {
   return original;
 }
+
+/**
+ * AddN over any number of tensors. tfjs-backend-webgpu 4.22 binds every input of AddN in one shader,
+ * so more than maxStorageBuffersPerShaderStage - 1 inputs (8 by default, 16 on the H100) fail
+ * pipeline validation and the result is never written: global-norm clipping over a model's ~150
+ * gradients (tf.addN of their squared sums) did that. Here the inputs are summed in groups that fit,
+ * then the group sums, with tfjs's own AddN.
+ */
+export function registerChunkedAddN(): void {
+  const current = tf.getKernel('AddN', 'webgpu');
+  if (!current || (current as { tsformer?: boolean }).tsformer) return;
+  const tfjsAddN = current.kernelFunc;
+  const kernelFunc: KernelFunc = (args) => {
+    const be = args.backend as unknown as WebGpuBackendLike;
+    const max = Math.max(2, be.device.limits.maxStorageBuffersPerShaderStage - 1);
+    let level = args.inputs as unknown as TensorInfo[];
+    if (level.length <= max) return tfjsAddN(args);
+    const temps: TensorInfo[] = [];
+    while (level.length > max) {
+      const next: TensorInfo[] = [];
+      for (let i = 0; i < level.length; i += max) {
+        const chunk = level.slice(i, i + max);
+        if (chunk.length === 1) next.push(chunk[0]!);
+        else {
+          const r = tfjsAddN({ ...args, inputs: chunk as never }) as TensorInfo;
+          temps.push(r);
+          next.push(r);
+        }
+      }
+      level = next;
+    }
+    const out = tfjsAddN({ ...args, inputs: level as never }) as TensorInfo;
+    for (const t of temps) be.disposeData(t.dataId);
+    return out;
+  };
+  tf.unregisterKernel('AddN', 'webgpu');
+  tf.registerKernel(Object.assign({ kernelName: 'AddN', backendName: 'webgpu', kernelFunc }, { tsformer: true }));
+}

@@ -3,7 +3,7 @@ import { registerRmsNorm } from './rmsnorm.js';
 import { registerRope } from './rope.js';
 import { registerAdamW } from './adamw.js';
 import { registerSparseCrossEntropy } from './xent.js';
-import { registerFastSum } from './reduce.js';
+import { registerChunkedAddN, registerFastSum } from './reduce.js';
 
 /**
  * Registers every fused kernel of this package for the `webgpu` backend (and their gradients).
@@ -16,4 +16,5 @@ export function registerWebGpuKernels(): void {
   registerAdamW();
   registerSparseCrossEntropy();
   registerFastSum();
+  registerChunkedAddN();
 }
