@@ -6,7 +6,8 @@ import { trainCommand } from './train-command.js';
 import { evalCommand, sampleCommand } from './inspect-commands.js';
 import { benchCommand } from './bench.js';
 import { benchAttention, benchDecode } from './bench-attention.js';
-import { plotCommand } from './plot.js';
+import { PLOT_CHOICES, plotCommand } from './plot.js';
+import { writeReport } from './report.js';
 import { runsCommand } from './runs.js';
 import { convertBuilder, convertHandler } from './convert.js';
 import { distillCommand, mergeLoraCommand, type DistillStage } from './distill-command.js';
@@ -180,15 +181,30 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
     )
     .command(
       'plot <runs..>',
-      'Plot validation (or training) loss of runs against tokens into an SVG',
+      'Plot metrics of runs (overlaid, with a legend) against tokens or steps into an SVG and a PNG',
       (y) =>
         y
           .positional('runs', { type: 'string', array: true, demandOption: true })
-          .option('out', { type: 'string', default: 'loss.svg' })
-          .option('metric', { choices: ['eval', 'train'] as const, default: 'eval' as const })
+          .option('out', { type: 'string', default: 'loss.svg', describe: 'the SVG; the PNG goes beside it (same name, .png)' })
+          .option('metric', {
+            choices: PLOT_CHOICES,
+            default: 'eval' as const,
+            describe: 'eval (validation loss), train, loss (both), lr, throughput (tokens/s), all (loss, lr, tokens/s)',
+          })
+          .option('x', { choices: ['tokens', 'step'] as const, default: 'tokens' as const, describe: 'x axis' })
+          .option('png', { type: 'boolean', default: true, describe: 'also write a PNG (--no-png: SVG only)' })
           .option('title', { type: 'string' }),
+      async (a) => {
+        const written = await plotCommand({ runs: a.runs.map(String), out: a.out, metric: a.metric, x: a.x, png: a.png, title: a.title });
+        out.info(`wrote ${written.join(', ')}`);
+      },
+    )
+    .command(
+      'report <run>',
+      'Write <run>/report.html: config, loss plots, throughput, samples (and a distillation run\'s evaluation); self-contained',
+      (y) => y.positional('run', { type: 'string', demandOption: true, describe: 'run directory (runs/<name>)' }).option('out', { type: 'string', describe: 'default: <run>/report.html' }),
       (a) => {
-        out.info(`wrote ${plotCommand({ runs: a.runs.map(String), out: a.out, metric: a.metric, title: a.title })}`);
+        out.info(`wrote ${writeReport(a.run, a.out)}`);
       },
     )
     .command(

@@ -19,6 +19,7 @@ import YAML from 'yaml';
 import { checkConfigFiles, loadConfig, type RunConfig } from './config.js';
 import { loadCheckpoint, savedConfigYaml, snapshotCheckpoint, type Trainable } from './checkpointing.js';
 import type { Out } from './out.js';
+import { reportAtEnd } from './report.js';
 
 export interface TrainOptions {
   config: string;
@@ -326,6 +327,7 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
       o.out.info(`${why}stopped at step ${result.step}; ${saved}; continue with: tsformer train --config ${o.config} --resume auto`);
     }
     writeFileSync(join(runDir, 'summary.json'), `${JSON.stringify({ ...summary, sample: undefined }, null, 2)}\n`);
+    reportAtEnd(runDir, o.out);
     o.out.info(
       `${summary.status} at step ${summary.step} in ${wallSeconds.toFixed(1)} s` + (summary.valLoss !== undefined ? `; validation loss ${summary.valLoss.toFixed(4)} nats/${config.data.tokenizer.type === 'byte' ? 'byte' : 'token'}` : ''),
     );
