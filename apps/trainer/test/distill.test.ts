@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { selectBackend, tf } from '@tsformer/core';
+import { generate } from '@tsformer/model';
 import { decodeSafetensors, listCompleteSteps, openStore, readStep, type HostTensor } from '@tsformer/checkpoint';
 import { cli, workspace } from './helpers.js';
 import { loadDistillConfig } from '../src/distill-config.js';
@@ -177,8 +178,11 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
       const lb = plain.forward(ids).logits;
       const diff = (await la.sub(lb).abs().max().data())[0]!;
       expect(diff).toBeLessThan(1e-4);
-      // and the adapters did something: the merged student is not the stage-1 one
       expect(plain.namedParameters().some(([n]) => n.includes('lora_'))).toBe(false);
+      // the generic generate() takes a student (LanguageModel): cached decoding = full forwards
+      const prompt = [116, 104, 101, 32];
+      const cached = await generate(plain, prompt, { maxNewTokens: 20, temperature: 0 });
+      expect(await generate(plain, prompt, { maxNewTokens: 20, temperature: 0, useCache: false })).toEqual(cached);
       tf.dispose([ids, la, lb]);
       student.dispose();
       plain.dispose();

@@ -1,6 +1,6 @@
 import { Module, Rng, TsformerError, checkShape, tf, type Parameter } from '@tsformer/core';
 import { attentionHeadDim, attentionUsesPositional, type Attention, type AttentionCache } from '@tsformer/attention';
-import { Block, ModuleList, layerSpecs, type DecoderLM, type ForwardOptions, type ModelConfig } from '@tsformer/model';
+import { Block, ModuleList, layerSpecs, type DecoderLM, type ForwardOptions, type LanguageModel, type ModelConfig } from '@tsformer/model';
 import { createPositional, noPositional, type PositionalEncoding } from '@tsformer/positional';
 import { z } from 'zod';
 import { LolcatsAttention, lolcatsConfigSchema } from './lolcats.js';
@@ -11,12 +11,8 @@ export const studentConfigSchema = z.discriminatedUnion('type', [lolcatsConfigSc
 export type StudentConfig = z.infer<typeof studentConfigSchema>;
 export type StudentConfigInput = z.input<typeof studentConfigSchema>;
 
-/** A language model's surface the distillation steps use (DecoderLM and StudentLM both have it). */
-export interface LanguageModel extends Module {
-  readonly config: ModelConfig;
-  forward(ids: tf.Tensor, opts?: ForwardOptions): { logits: tf.Tensor; caches?: AttentionCache[] };
-  initCaches(): AttentionCache[];
-}
+/** A language model's surface (DecoderLM and StudentLM both have it): `@tsformer/model`'s interface. */
+export type { LanguageModel };
 
 /**
  * A converted block: the teacher block's norms, MLP and dropout (the same modules) around a new

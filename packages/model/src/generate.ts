@@ -1,6 +1,7 @@
 import { Rng, TsformerError, tf } from '@tsformer/core';
 import type { AttentionCache } from '@tsformer/attention';
-import { disposeCaches, type DecoderLM } from './decoder.js';
+import { disposeCaches } from './decoder.js';
+import type { LanguageModel } from './types.js';
 
 export interface GenerateOptions {
   /** Tokens to generate. */
@@ -24,7 +25,7 @@ export interface GenerateOptions {
  * would exceed `maxSeqLen`, `start` jumps so the newest maxSeqLen/2 tokens remain (both paths do
  * exactly this, so cached decoding gives the same tokens as full forward passes).
  */
-export async function generate(model: DecoderLM, prompt: ArrayLike<number>, opts: GenerateOptions): Promise<number[]> {
+export async function generate(model: LanguageModel, prompt: ArrayLike<number>, opts: GenerateOptions): Promise<number[]> {
   if (prompt.length === 0) throw new TsformerError('generate: the prompt is empty (encode at least one token)', 'data');
   const maxLen = model.config.maxSeqLen;
   const rng = opts.rng ?? Rng.seeded(0);

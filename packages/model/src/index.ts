@@ -2,3 +2,4 @@ export { modelConfigSchema, normConfigSchema, mlpConfigSchema, layerDefSchema, l
 export { DecoderLM, Block, ModuleList, disposeCaches, type ForwardOptions } from './decoder.js';
 export { generate, sampleToken, type GenerateOptions } from './generate.js';
 export * from './hf/index.js';
+export type { LanguageModel } from './types.js';

@@ -1,5 +1,5 @@
 import { TsformerError, tf } from '@tsformer/core';
-import type { DecoderLM } from '@tsformer/model';
+import type { LanguageModel } from '@tsformer/model';
 import type { AdamW } from './adamw.js';
 import { clipByGlobalNorm } from './clip.js';
 import { sparseCrossEntropy } from './losses.js';
@@ -39,7 +39,7 @@ function batchTensors(b: Batch): { ids: tf.Tensor; targets: tf.Tensor } {
 }
 
 /** Mean cross-entropy of the model on one batch (a scalar tensor; the caller disposes it). */
-export function batchLoss(model: DecoderLM, b: Batch): tf.Scalar {
+export function batchLoss(model: LanguageModel, b: Batch): tf.Scalar {
   const { ids, targets } = batchTensors(b);
   const loss = tf.tidy(() => sparseCrossEntropy(model.forward(ids).logits, targets));
   tf.dispose([ids, targets]);
@@ -51,7 +51,7 @@ export function batchLoss(model: DecoderLM, b: Batch): tf.Scalar {
  * Reads back only the loss and the norm (two scalars, asynchronously); if either is not finite,
  * throws `NonFiniteError` and leaves the weights untouched.
  */
-export async function trainStep(model: DecoderLM, optimizer: AdamW, micro: Batch[], opts: { lr: number; clipGradNorm: number }): Promise<StepResult> {
+export async function trainStep(model: LanguageModel, optimizer: AdamW, micro: Batch[], opts: { lr: number; clipGradNorm: number }): Promise<StepResult> {
   const named = model.namedParameters().filter(([, p]) => p.variable.trainable);
   const vars = named.map(([, p]) => p.variable);
   const nameOf = new Map(named.map(([n, p]) => [p.variable.name, n]));
@@ -91,7 +91,7 @@ export async function trainStep(model: DecoderLM, optimizer: AdamW, micro: Batch
 }
 
 /** Mean loss over fixed batches, in eval mode (dropout off). */
-export async function evaluate(model: DecoderLM, batches: Iterable<Batch>): Promise<{ loss: number; perplexity: number; batches: number }> {
+export async function evaluate(model: LanguageModel, batches: Iterable<Batch>): Promise<{ loss: number; perplexity: number; batches: number }> {
   const wasTraining = model.training;
   model.eval();
   let total = 0;
