@@ -8,6 +8,8 @@ const projects = ['packages', 'apps'].flatMap((dir) =>
     .filter((name) => existsSync(`${dir}/${name}/package.json`))
     .map((name) => ({ extends: true as const, test: { name, root: `${dir}/${name}`, include: ['src/**/*.test.ts', 'test/**/*.test.ts'] } })),
 );
+// Whole-repository tests (packed install, browser, examples): tests/
+projects.push({ extends: true as const, test: { name: 'repo', root: 'tests', include: ['**/*.test.ts'] } });
 
 export default defineConfig({
   resolve: { conditions: ['@tsformer/source'] },

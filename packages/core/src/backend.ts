@@ -81,7 +81,10 @@ async function tryBackend(name: Exclude<BackendName, 'auto'>, opts: SelectOption
 async function hasVulkanLoader(): Promise<boolean> {
   const proc = (globalThis as { process?: { platform?: string; env?: Record<string, string | undefined> } }).process;
   if (proc?.platform !== 'linux') return true;
-  const { existsSync } = await import(/* @vite-ignore */ 'node:fs');
+  // Node only (the platform check above returns first in a browser). The specifier is a variable so
+  // bundlers (esbuild, vite) leave this import alone and browser bundles need no `node:fs` stub.
+  const fsModule = 'node:fs';
+  const { existsSync } = (await import(/* @vite-ignore */ fsModule)) as typeof import('node:fs');
   const dirs = [
     ...(proc.env?.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
     '/usr/lib/x86_64-linux-gnu',
