@@ -50,12 +50,12 @@ import {
   type StepFiles,
 } from '@tsformer/checkpoint';
 import YAML from 'yaml';
-import { ConfigError, type RunConfig } from './config.js';
+import { ConfigError, loadConfig, type RunConfig } from './config.js';
 import { gitCommit, TSFORMER_VERSION } from './checkpointing.js';
 import { checkpointPart, loadDistillConfig, resolveDistillConfig, type DistillConfig } from './distill-config.js';
 import { evaluateDistill, type DistillEval } from './distill-eval.js';
 import { loadRun } from './inspect-commands.js';
-import { loadSplit, makeTokenizer, s3OptionsOf, trainCommand } from './train-command.js';
+import { loadSplit, makeTokenizer, runDirOf, s3OptionsOf, trainCommand } from './train-command.js';
 import type { Out } from './out.js';
 
 export type DistillStage = '1' | '2' | 'all' | 'eval';
@@ -229,12 +229,16 @@ export async function openDistill(config: DistillConfig, yaml: string, o: { resu
     );
   }
   const teacherRun = t.run!;
+  if (t.pretrain !== undefined) {
+    // checked before anything trains: the pretraining config must produce teacher.run
+    const target = runDirOf(loadConfig(t.pretrain).config);
+    if (resolvePath(target) !== resolvePath(teacherRun)) {
+      throw new ConfigError('config', [`teacher.pretrain: ${t.pretrain} trains ${target}, but teacher.run is ${teacherRun}`]);
+    }
+  }
   if (t.pretrain !== undefined && !existsSync(join(teacherRun, 'config.yaml'))) {
     o.out.info(`teacher: ${teacherRun} has no run yet; pretraining it with ${t.pretrain}`);
     const s = await trainCommand({ config: t.pretrain, resume: 'auto', out: o.out, signal: o.signal });
-    if (resolvePath(s.runDir) !== resolvePath(teacherRun)) {
-      throw new ConfigError('config', [`teacher.pretrain: ${t.pretrain} trains ${s.runDir}, but teacher.run is ${teacherRun}`]);
-    }
     if (s.status !== 'finished') throw new TsformerError(`teacher pretraining stopped at step ${s.step}; run the command again to continue it`, 'config');
   } else if (t.pretrain !== undefined && !pretrainFinished(teacherRun)) {
     // a run directory without a finished pretraining: continue it (resume auto never overwrites)

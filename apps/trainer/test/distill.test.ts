@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
@@ -212,6 +212,25 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     expect(r5.text).toContain('tsformer convert --from hf /models/llama');
     expect(existsSync(join(ws.runs, 'typo'))).toBe(false);
   }, 60_000);
+
+  it('pretrains a missing teacher with teacher.pretrain, then distills it', async () => {
+    const cfg = YAML.parse(readFileSync(ws.config, 'utf8'));
+    const pretrain = join(ws.dir, 'teacher2.yaml');
+    writeFileSync(pretrain, YAML.stringify({ ...cfg, name: 'tiny2', train: { ...cfg.train, steps: 4 } }));
+    const file = recipe('pretrained', { teacher: { run: join(ws.runs, 'tiny2'), pretrain } });
+    const r = await cli('distill', '--config', file, '--stage', '1');
+    expect(r.code, r.text).toBe(0);
+    expect(r.text).toContain('has no run yet; pretraining it with');
+    expect(r.text).toContain('step 4 (');
+    expect(await listCompleteSteps(openStore(join(ws.runs, 'pretrained', 'checkpoints', 'stage1')))).toContain(4);
+    // a pretraining config that trains another run than teacher.run is named
+    const wrong = recipe('pretrained-wrong', { teacher: { run: join(ws.runs, 'elsewhere'), pretrain } });
+    rmSync(join(ws.runs, 'tiny2'), { recursive: true });
+    const w = await cli('distill', '--config', wrong, '--stage', '1');
+    expect(w.code).toBe(2);
+    expect(w.text).toContain(`teacher.pretrain: ${pretrain} trains ${join(ws.runs, 'tiny2')}, but teacher.run is ${join(ws.runs, 'elsewhere')}`);
+    expect(existsSync(join(ws.runs, 'tiny2'))).toBe(false);
+  }, 120_000);
 
   it('the shipped recipes validate', () => {
     for (const f of ['lolcats', 'gla', 'deltanet', 'hybrid']) {
