@@ -110,6 +110,11 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     expect([...s1.keys()].sort()).toEqual(
       [0, 1].flatMap((i) => [`layers.${i}.attn.feature_map_k.weight`, `layers.${i}.attn.feature_map_q.weight`, `layers.${i}.attn.window_factors`]).sort(),
     );
+    // --stage eval alone writes the same perplexities again
+    rmSync(join(full, 'eval.json'));
+    const ev = await cli('distill', '--config', join(ws.dir, 'full.yaml'), '--stage', 'eval');
+    expect(ev.code, ev.text).toBe(0);
+    expect(JSON.parse(readFileSync(join(full, 'eval.json'), 'utf8')).perplexity).toEqual(e.perplexity);
     // a finished run is reused, not retrained
     const again = await cli('distill', '--config', join(ws.dir, 'full.yaml'), '--stage', '2');
     expect(again.code, again.text).toBe(0);
@@ -212,6 +217,32 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     expect(r5.text).toContain('tsformer convert --from hf /models/llama');
     expect(existsSync(join(ws.runs, 'typo'))).toBe(false);
   }, 60_000);
+
+  it('hybrid: convert.keepWorst keeps the layer with the largest stage-1 error softmax in stage 2', async () => {
+    const r = await cli('distill', '--config', recipe('hybrid', { convert: { keepWorst: 1 } }));
+    expect(r.code, r.text).toBe(0);
+    const e = JSON.parse(readFileSync(join(ws.runs, 'hybrid', 'eval.json'), 'utf8'));
+    const worst = [...e.layers].sort((a: { stage1: { relative: number } }, b: { stage1: { relative: number } }) => b.stage1.relative - a.stage1.relative)[0].layer;
+    expect(e.student.keptSoftmax).toEqual([worst]);
+    expect(e.student.converted).toEqual([0, 1].filter((l) => l !== worst));
+    expect(e.layers.find((l: { layer: number }) => l.layer === worst).stage2).toBe(null);
+    const s2 = await stepTensors(join(ws.runs, 'hybrid'), 'stage2');
+    expect([...s2.keys()].some((k) => k.startsWith(`layers.${worst}.`))).toBe(false);
+    expect(s2.size).toBe(4 * 2);
+    // the kept layer's cache grows, so the student's cache does too
+    expect(e.decode.student[1].cacheBytes).toBeGreaterThan(e.decode.student[0].cacheBytes);
+  }, 120_000);
+
+  it('a GLA student runs both stages from the CLI', async () => {
+    const r = await cli('distill', '--config', recipe('gla', { student: { type: 'gla', chunkSize: 4 }, eval: { batches: 2, decodeLengths: [8, 16] } }));
+    expect(r.code, r.text).toBe(0);
+    const e = JSON.parse(readFileSync(join(ws.runs, 'gla', 'eval.json'), 'utf8'));
+    expect(e.student.type).toBe('gla');
+    expect(Number.isFinite(e.perplexity.stage2)).toBe(true);
+    expect(e.decode.student[0].cacheBytes).toBe(e.decode.student[1].cacheBytes);
+    const s1 = await stepTensors(join(ws.runs, 'gla'), 'stage1');
+    expect([...s1.keys()].some((k) => /[qkvo]_proj\.weight$/.test(k))).toBe(false);
+  }, 120_000);
 
   it('pretrains a missing teacher with teacher.pretrain, then distills it', async () => {
     const cfg = YAML.parse(readFileSync(ws.config, 'utf8'));
