@@ -671,6 +671,37 @@ export async function loadFinalStudent(ctx: DistillContext): Promise<{ student: 
   return { student, s1, s2 };
 }
 
+function flatten(prefix: string, v: unknown, out: Map<string, string>): void {
+  if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+    for (const [k, x] of Object.entries(v)) flatten(prefix ? `${prefix}.${k}` : k, x, out);
+  } else out.set(prefix, JSON.stringify(v));
+}
+
+/**
+ * A run directory belongs to one recipe: what its saved stages depend on (teacher, student,
+ * conversion, data, seed) must not change, or the saved results would be read into a different
+ * student. Other settings (steps, learning rates, evaluation) may change; they are listed.
+ */
+function checkSameRecipe(runDir: string, config: DistillConfig, out: Out): void {
+  const p = join(runDir, 'config.yaml');
+  if (!existsSync(p)) return;
+  const saved = new Map<string, string>();
+  const now = new Map<string, string>();
+  flatten('', YAML.parse(readFileSync(p, 'utf8')), saved);
+  flatten('', config, now);
+  const fixed = (k: string) => ['teacher.', 'student.', 'convert.', 'data.', 'seed'].some((f) => k === f || k.startsWith(f));
+  const diffs: string[] = [];
+  const changed: string[] = [];
+  for (const k of [...new Set([...saved.keys(), ...now.keys()])].sort()) {
+    const a = saved.get(k);
+    const b = now.get(k);
+    if (a === b) continue;
+    (fixed(k) ? diffs : changed).push(`${k}: ${a ?? '(unset)'} -> ${b ?? '(unset)'}`);
+  }
+  if (diffs.length) throw new ConfigError(`${runDir} was made with another recipe (set name=<another> for a new run)`, diffs);
+  if (changed.length) out.info(`settings changed since ${p}:\n  ${changed.join('\n  ')}`);
+}
+
 /** `tsformer distill`. */
 export async function distillCommand(o: DistillOptions): Promise<DistillSummary> {
   const stage = o.stage ?? 'all';
@@ -682,6 +713,7 @@ export async function distillCommand(o: DistillOptions): Promise<DistillSummary>
   const ctx = await openDistill(config, yaml, o);
   const summary: DistillSummary = { runDir: ctx.runDir };
   try {
+    checkSameRecipe(ctx.runDir, config, o.out);
     mkdirSync(ctx.runDir, { recursive: true });
     writeFileSync(join(ctx.runDir, 'config.yaml'), yaml);
     ctx.out.info(

@@ -115,6 +115,10 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     const ev = await cli('distill', '--config', join(ws.dir, 'full.yaml'), '--stage', 'eval');
     expect(ev.code, ev.text).toBe(0);
     expect(JSON.parse(readFileSync(join(full, 'eval.json'), 'utf8')).perplexity).toEqual(e.perplexity);
+    // the run belongs to its recipe: a different student is refused, naming the keys
+    const other = await cli('distill', '--config', join(ws.dir, 'full.yaml'), 'student.featureDim=4', '--stage', 'eval');
+    expect(other.code).toBe(2);
+    expect(other.text).toContain('student.featureDim: 8 -> 4');
     // a finished run is reused, not retrained
     const again = await cli('distill', '--config', join(ws.dir, 'full.yaml'), '--stage', '2');
     expect(again.code, again.text).toBe(0);
