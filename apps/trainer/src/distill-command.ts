@@ -54,6 +54,7 @@ import { ConfigError, loadConfig, type RunConfig } from './config.js';
 import { gitCommit, TSFORMER_VERSION } from './checkpointing.js';
 import { checkpointPart, loadDistillConfig, resolveDistillConfig, type DistillConfig } from './distill-config.js';
 import { evaluateDistill, type DistillEval } from './distill-eval.js';
+import { convertFromHf } from './convert.js';
 import { loadRun } from './inspect-commands.js';
 import { loadSplit, makeTokenizer, runDirOf, s3OptionsOf, trainCommand } from './train-command.js';
 import type { Out } from './out.js';
@@ -222,13 +223,15 @@ function sameLayers(a: readonly number[], b: readonly number[]): boolean {
 /** Reads the teacher (pretraining it first when the recipe says how), the data, and the layer plan. */
 export async function openDistill(config: DistillConfig, yaml: string, o: { resume?: string; out: Out; signal?: AbortSignal }): Promise<DistillContext> {
   const t = config.teacher;
+  let teacherRun: string;
   if (t.hf !== undefined) {
-    throw new TsformerError(
-      `teacher.hf: Hugging Face directories are not read by distill directly; convert it into a run first (tsformer convert --from hf ${t.hf} --out runs/<name>) and set teacher.run: runs/<name>`,
-      'config',
-    );
-  }
-  const teacherRun = t.run!;
+    // converted once into the run directory; later commands read that run
+    teacherRun = join(config.runsDir, config.name, 'teacher');
+    if (!existsSync(join(teacherRun, 'config.yaml'))) {
+      o.out.info(`teacher: converting the Hugging Face model ${t.hf} into ${teacherRun}`);
+      await convertFromHf({ from: t.hf, runDir: teacherRun, s3: s3OptionsOf(checkpointPart(config), o.out), out: o.out });
+    }
+  } else teacherRun = t.run!;
   if (t.pretrain !== undefined) {
     // checked before anything trains: the pretraining config must produce teacher.run
     const target = runDirOf(loadConfig(t.pretrain).config);
@@ -250,8 +253,8 @@ export async function openDistill(config: DistillConfig, yaml: string, o: { resu
   const teacher = loaded.model;
   try {
     const teacherCfg = loaded.config;
-    const dataConfig: RunConfig = { ...teacherCfg, data: config.data ?? teacherCfg.data };
-    if (config.data && JSON.stringify(config.data.tokenizer) !== JSON.stringify(teacherCfg.data.tokenizer)) {
+    const dataConfig: RunConfig = { ...teacherCfg, data: config.data ? { ...config.data, tokenizer: config.data.tokenizer ?? teacherCfg.data.tokenizer } : teacherCfg.data };
+    if (config.data?.tokenizer && JSON.stringify(config.data.tokenizer) !== JSON.stringify(teacherCfg.data.tokenizer)) {
       throw new ConfigError('config', [`data.tokenizer: ${JSON.stringify(config.data.tokenizer)} differs from the teacher's ${JSON.stringify(teacherCfg.data.tokenizer)}`]);
     }
     const tokenizer = await makeTokenizer(dataConfig);

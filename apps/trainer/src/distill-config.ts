@@ -9,6 +9,7 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import { BACKENDS, TsformerError } from '@tsformer/core';
 import { studentConfigSchema } from '@tsformer/distill';
 import { trainConfigSchema } from '@tsformer/train';
+import { tokenizerConfigSchema } from '@tsformer/data';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { ConfigError, applyOverride, checkpointConfigSchema, dataConfigSchema, mergeConfig, type RunConfig } from './config.js';
@@ -20,8 +21,8 @@ export const teacherConfigSchema = z
     /** Checkpoint step of that run. Default: its newest complete one. */
     step: z.number().int().min(0).optional(),
     /**
-     * A Hugging Face model directory. Not read directly: convert it into a run first
-     * (`tsformer convert --from hf <dir> --out runs/<name>`) and name that run in `run`.
+     * A Hugging Face model directory (a local path or s3://bucket/prefix), converted once into
+     * `<runsDir>/<name>/teacher` (as `tsformer convert --from hf` does) and read from there.
      */
     hf: z.string().min(1).optional(),
     /**
@@ -31,7 +32,16 @@ export const teacherConfigSchema = z
     pretrain: z.string().min(1).optional(),
   })
   .strict()
-  .refine((t) => (t.run === undefined) !== (t.hf === undefined), { message: 'name exactly one of teacher.run or teacher.hf' });
+  .refine((t) => (t.run === undefined) !== (t.hf === undefined), { message: 'name exactly one of teacher.run or teacher.hf' })
+  .refine((t) => t.pretrain === undefined || t.run !== undefined, { message: 'teacher.pretrain needs teacher.run (the run it trains)', path: ['pretrain'] });
+
+/** `data:` of a recipe: a run config's, with the tokenizer defaulting to the teacher's. */
+export const distillDataSchema = dataConfigSchema
+  .extend({
+    /** Default: the teacher run's tokenizer (which any other must equal). */
+    tokenizer: tokenizerConfigSchema.optional(),
+  })
+  .strict();
 
 export const convertConfigSchema = z
   .object({
@@ -98,8 +108,8 @@ export const distillConfigSchema = z
     /** The attention of converted layers. Default `{ type: lolcats }` (Hedgehog maps, window 64). */
     student: studentConfigSchema.default({ type: 'lolcats', featureDim: 64, window: 64, featureMapInit: 'kaiming', windowWeightInit: 0.1 }),
     convert: convertConfigSchema.prefault({}),
-    /** Tokenizer, splits and sequence length. Default: the teacher run's `data:`. */
-    data: dataConfigSchema.optional(),
+    /** Splits and sequence length (tokenizer: the teacher's). Default: the teacher run's `data:`. */
+    data: distillDataSchema.optional(),
     stage1: stage1ConfigSchema,
     stage2: stage2ConfigSchema,
     eval: distillEvalConfigSchema.prefault({}),

@@ -216,9 +216,9 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     const r4 = await cli('distill', '--config', recipe('typo4'), '--stage', '2', '--layers', '0:1');
     expect(r4.code).toBe(2);
     expect(r4.text).toContain('--layers');
-    const r5 = await cli('distill', '--config', recipe('typo5', { teacher: { hf: '/models/llama' } }));
+    const r5 = await cli('distill', '--config', recipe('typo5', { teacher: { run: teacherRun, hf: '/models/llama' } }));
     expect(r5.code).toBe(2);
-    expect(r5.text).toContain('tsformer convert --from hf /models/llama');
+    expect(r5.text).toContain('name exactly one of teacher.run or teacher.hf');
     expect(existsSync(join(ws.runs, 'typo'))).toBe(false);
   }, 60_000);
 
@@ -246,6 +246,25 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     expect(e.decode.student[0].cacheBytes).toBe(e.decode.student[1].cacheBytes);
     const s1 = await stepTensors(join(ws.runs, 'gla'), 'stage1');
     expect([...s1.keys()].some((k) => /[qkvo]_proj\.weight$/.test(k))).toBe(false);
+  }, 120_000);
+
+  it('teacher.hf: a Hugging Face directory is converted once into the run and distilled', async () => {
+    const hfDir = join(ws.dir, 'hf-teacher');
+    const x = await cli('convert', teacherRun, '--to', 'hf', '--out', hfDir, '--model-type', 'llama');
+    expect(x.code, x.text).toBe(0);
+    const data = { train: { type: 'text', path: join(ws.dir, 'data', 'train.txt') }, validation: { type: 'text', path: join(ws.dir, 'data', 'val.txt') }, seqLen: 16 };
+    const r = await cli('distill', '--config', recipe('from-hf', { teacher: { hf: hfDir }, data, eval: { batches: 2, decodeLengths: [] } }));
+    expect(r.code, r.text).toBe(0);
+    expect(r.text).toContain(`converting the Hugging Face model ${hfDir}`);
+    expect(existsSync(join(ws.runs, 'from-hf', 'teacher', 'config.yaml'))).toBe(true);
+    const e = JSON.parse(readFileSync(join(ws.runs, 'from-hf', 'eval.json'), 'utf8'));
+    const ours = JSON.parse(readFileSync(join(full, 'eval.json'), 'utf8'));
+    // the same teacher weights, the same held-out batches
+    expect(e.perplexity.teacher).toBeCloseTo(ours.perplexity.teacher, 4);
+    // run again: the converted teacher is reused
+    const again = await cli('distill', '--config', join(ws.dir, 'from-hf.yaml'), '--stage', 'eval');
+    expect(again.code, again.text).toBe(0);
+    expect(again.text).not.toContain('converting');
   }, 120_000);
 
   it('pretrains a missing teacher with teacher.pretrain, then distills it', async () => {
