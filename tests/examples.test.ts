@@ -19,11 +19,11 @@ async function example(file: string, ...args: string[]): Promise<{ stdout: strin
 
 describe('examples/', () => {
   it('train-hybrid.ts: a hybrid model from code learns a string', async () => {
-    const { stdout, last } = await example('train-hybrid.ts', '--steps', '30');
+    const { stdout, last } = await example('train-hybrid.ts', '--steps', '20');
     expect(stdout).toMatch(/layers gdn, gdn, gdn, softmax/);
     expect(last.firstLoss as number).toBeGreaterThan(5); // ~ln 256
-    expect(last.lastLoss as number).toBeLessThan(3);
-    expect(last.sample as string).toMatch(/^The quick .{20,}/s);
+    expect(last.lastLoss as number).toBeLessThan(3.5);
+    expect(last.sample as string).toMatch(/^The quick [\s\S]{20,}/);
   });
 
   it('attention-in-tfjs.ts: Gated DeltaNet inside plain tfjs learns the cycles; its decode equals its forward', async () => {
