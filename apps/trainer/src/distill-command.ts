@@ -342,6 +342,7 @@ async function runStageLoop(ctx: DistillContext, s: StageLoop, o: DistillOptions
       tf.dispose([...moments.values()]);
     }
     s.loader.restore(s.from.state.loader);
+    dropMetricsAfter(join(ctx.runDir, 'metrics.jsonl'), s.stage, s.layers, step);
     ctx.out.info(`${s.label}: resumed from ${s.from.where} at step ${step} (${tokens.toLocaleString('en-US')} tokens)`);
   }
   const cfg = ctx.config;
@@ -391,7 +392,7 @@ async function runStageLoop(ctx: DistillContext, s: StageLoop, o: DistillOptions
       tokens += micro.reduce((n, b) => n + b.batchSize * b.seqLen, 0);
       if (step % s.logEvery === 0 || step === s.steps) {
         const elapsed = (performance.now() - started) / 1000;
-        appendFileSync(metrics, `${JSON.stringify({ type: `stage${s.stage}`, step, tokens, loss: r.loss, lr, gradNorm: r.gradNorm, ...(r.perLayer ? { perLayer: r.perLayer } : {}), elapsed })}\n`);
+        appendFileSync(metrics, `${JSON.stringify({ type: `stage${s.stage}`, layers: s.layers, step, tokens, loss: r.loss, lr, gradNorm: r.gradNorm, ...(r.perLayer ? { perLayer: r.perLayer } : {}), elapsed })}\n`);
         const per = r.perLayer ? ` (per layer ${r.perLayer.map((x) => x.toExponential(2)).join(' ')})` : '';
         ctx.out.info(`${s.label} step ${step}/${s.steps}: loss ${r.loss.toFixed(5)}${per}, lr ${lr.toExponential(2)}, ${tokens.toLocaleString('en-US')} tokens, ${elapsed.toFixed(1)} s`);
       }
@@ -408,6 +409,19 @@ async function runStageLoop(ctx: DistillContext, s: StageLoop, o: DistillOptions
   }
   if (step < s.steps) ctx.out.info(`${s.label}: stopped at step ${step} of ${s.steps} with a checkpoint in ${s.store.location}; continue with --resume auto`);
   return { step, tokens, done: step === s.steps };
+}
+
+/** On resume, drops this stage's (and these layers') metric lines logged after the checkpoint: they are logged again. */
+function dropMetricsAfter(path: string, stage: 1 | 2, layers: readonly number[], step: number): void {
+  if (!existsSync(path)) return;
+  const kept = readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => {
+      if (!l.trim()) return false;
+      const m = JSON.parse(l) as { type?: string; step?: number; layers?: number[] };
+      return !(m.type === `stage${stage}` && sameLayers(m.layers ?? [], layers) && (m.step ?? 0) > step);
+    });
+  writeFileSync(path, kept.map((l) => `${l}\n`).join(''));
 }
 
 function idsOf(b: Batch): tf.Tensor {

@@ -168,6 +168,14 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     expect(d.code, d.text).toBe(0);
     expect(d.text).toContain('stage 2: resumed from');
     expectSameTensors(await stepTensors(dir, 'stage1'), await stepTensors(full, 'stage1'), 0);
+    // metrics: each step of each stage once, with the same losses as the uninterrupted run
+    const lines = (d: string) =>
+      readFileSync(join(d, 'metrics.jsonl'), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { type: string; step: number; loss: number })
+        .map((m) => `${m.type}:${m.step}:${m.loss}`);
+    expect(lines(dir)).toEqual(lines(full));
     expectSameTensors(await stepTensors(dir, 'stage2'), await stepTensors(full, 'stage2'), 0);
   }, 180_000);
 
