@@ -39,7 +39,8 @@ export class AdamW {
   ) {
     for (const [name, param] of params) {
       if (!param.variable.trainable) continue;
-      const zeros = () => tf.variable(tf.zerosLike(param.variable), false);
+      // tidy: the zeros tensor the variable is made from is released (the variable keeps its data)
+      const zeros = () => tf.tidy(() => tf.variable(tf.zerosLike(param.variable), false));
       this.#slots.set(name, { param, m: zeros(), v: zeros() });
     }
   }

@@ -58,6 +58,17 @@ describe('sparseCrossEntropy', () => {
 });
 
 describe('AdamW', () => {
+  it('holds exactly its moments: building and disposing an optimizer leaves no tensor behind', async () => {
+    const w = tf.variable(tf.tensor([[1, -2]]));
+    made.push(w);
+    const cfg = adamwConfigSchema.parse({ type: 'adamw', lr: 0.1 });
+    const before = tf.memory().numTensors;
+    const opt = new AdamW([['w', { variable: w, decay: true }]], cfg);
+    expect(tf.memory().numTensors - before).toBe(2); // exp_avg and exp_avg_sq
+    opt.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
   it('matches a hand-written update, with decay only where the parameter asks for it', async () => {
     const w = tf.variable(tf.tensor([[1, -2]]));
     const b = tf.variable(tf.tensor([0.5]));
