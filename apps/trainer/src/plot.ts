@@ -139,7 +139,7 @@ function chartBody(series: Series[], opts: ChartOptions): string[] {
   ];
   const xTicks = log2 ? Array.from({ length: Math.floor(x1) - Math.ceil(x0) + 1 }, (_, i) => Math.ceil(x0) + i) : niceTicks(x0, x1);
   for (const t of xTicks) {
-    parts.push(`<line x1="${sx(t)}" x2="${sx(t)}" y1="${T}" y2="${H - B}" stroke="#eee"/>`, `<text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${fmt(log2 ? 2 ** t : t)}</text>`);
+    parts.push(`<line x1="${sx(t)}" x2="${sx(t)}" y1="${T}" y2="${H - B}" stroke="#eee"/>`, `<text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${log2 ? String(2 ** t) : fmt(t)}</text>`);
   }
   for (const t of niceTicks(ya, yb)) {
     parts.push(`<line x1="${L}" x2="${W - R}" y1="${sy(t)}" y2="${sy(t)}" stroke="#eee"/>`, `<text x="${L - 6}" y="${sy(t) + 4}" text-anchor="end">${fmt(t)}</text>`);
