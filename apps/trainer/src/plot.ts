@@ -11,7 +11,11 @@ export interface Series {
   dashed?: boolean;
 }
 
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
+/** 20 distinct colours (tab10, then darker and earthier tones), so a comparison of many runs never repeats one. */
+const COLORS = [
+  '#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22',
+  '#393b79', '#843c39', '#637939', '#e6550d', '#7b4173', '#8c6d31', '#3182bd', '#31a354', '#636363', '#ad494a',
+];
 
 /** The palette colour of the i-th run. */
 export function seriesColor(i: number): string {
