@@ -8,6 +8,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend } from '@tsformer/core';
 import { checkAttention, registerWebGpuKernels, runChecks } from '@tsformer/kernels-webgpu';
+import { MODEL_STEP_KERNELS, modelStepCheck } from '../../packages/kernels-webgpu/src/testing/model-step.js';
 
 const i = process.argv.indexOf('--scale');
 const scale = i >= 0 ? Number(process.argv[i + 1]) : 8;
@@ -19,6 +20,14 @@ const results = await runChecks({ scale, seed });
 // the benchmark's shapes: B=8, H=12, D=64 at T=1024; and GQA with a window at T=2048
 results.push(await checkAttention({ B: 8, T: 1024, H: 12, Hkv: 12, D: 64, opts: {} }, seed + 1000));
 results.push(await checkAttention({ B: 2, T: 2048, H: 12, Hkv: 4, D: 64, opts: { window: 512 } }, seed + 2000));
+// a tiny DecoderLM step through the model's layers (fused registry) against the same step on cpu
+const step = await modelStepCheck(seed + 3000, webgpuModule);
+results.push({
+  name: `DecoderLM step vs cpu (kernels ran: ${MODEL_STEP_KERNELS.filter((k) => step.kernelCalls[k]! > 0).length}/${MODEL_STEP_KERNELS.length})`,
+  fused: MODEL_STEP_KERNELS.every((k) => step.kernelCalls[k]! > 0) && step.leaked === 0,
+  errors: { loss: step.lossError, lossAfterStep: step.stepLossError, ...step.gradErrors },
+  ms: 0,
+});
 let fails = 0;
 console.log(`\nseed ${seed}\n\n| check | max rel. RMS | result | ms |\n|---|---:|---|---:|`);
 for (const r of results) {

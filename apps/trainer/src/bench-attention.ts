@@ -1,4 +1,5 @@
-import { Rng, selectBackend, tf, type BackendName } from '@tsformer/core';
+import { Rng, tf, type BackendName } from '@tsformer/core';
+import { useBackend } from './backend.js';
 import { writeFileSync } from 'node:fs';
 import {
   attentionConfigSchema,
@@ -74,7 +75,7 @@ export async function benchAttention(o: {
   svg?: string;
   out: Out;
 }): Promise<AttentionBenchRow[]> {
-  const info = await selectBackend(o.backend);
+  const info = await useBackend(o.backend);
   const dModel = 256;
   const rows: AttentionBenchRow[] = [];
   for (const name of o.variants ?? Object.keys(BENCH_VARIANTS)) {
@@ -192,7 +193,7 @@ export interface DecodeBenchRow {
  * at doubling lengths. KV caches grow with the length; the linear family's state does not.
  */
 export async function benchDecode(o: { backend: BackendName; tokens: number; variants?: string[]; out: Out }): Promise<DecodeBenchRow[]> {
-  const info = await selectBackend(o.backend);
+  const info = await useBackend(o.backend);
   const dModel = 256;
   const rows: DecodeBenchRow[] = [];
   const marks = new Set([1, 2, 4, 8].map((d) => Math.max(1, Math.round(o.tokens / d)))); // e.g. 256, 512, 1024, 2048

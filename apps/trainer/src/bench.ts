@@ -1,4 +1,5 @@
-import { Rng, availableBackends, selectBackend, tf, type BackendName } from '@tsformer/core';
+import { Rng, availableBackends, tf, type BackendName } from '@tsformer/core';
+import { useBackend } from './backend.js';
 import { DecoderLM, layerSpecs } from '@tsformer/model';
 import { AdamW, trainStep, type Batch } from '@tsformer/train';
 import { spawnSync } from 'node:child_process';
@@ -44,7 +45,7 @@ export async function benchCommand(o: BenchOptions): Promise<BenchRow[]> {
   const { batchSize, gradAccum } = config.train;
   const T = config.data.seqLen;
   for (const name of backends) {
-    const info = await selectBackend(name);
+    const info = await useBackend(name);
     const rng = Rng.seeded(config.seed);
     const model = new DecoderLM(config.model, { rng });
     const opt = new AdamW(model.namedParameters(), config.train.optimizer);

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Rng, TsformerError, selectBackend, type BackendName } from '@tsformer/core';
+import { Rng, TsformerError, type BackendName } from '@tsformer/core';
+import { useBackend } from './backend.js';
 import { DecoderLM, generate } from '@tsformer/model';
 import { evalBatches } from '@tsformer/data';
 import { evaluate } from '@tsformer/train';
@@ -29,7 +30,7 @@ export async function loadRun(runDir: string, opts: { step?: number; backend?: B
   if (step === undefined) step = await findResumeStep(store, { onWarning: (m) => opts.out.warn(`warning: ${m}`) });
   else await verifyStep(store, step);
   if (step === undefined) throw new TsformerError(`run ${runDir} has no complete checkpoint in ${store.location}`, 'checkpoint');
-  const backend = await selectBackend(opts.backend ?? config.backend);
+  const backend = await useBackend(opts.backend ?? config.backend);
   opts.out.info(`backend: ${backend.name} (${backend.detail}); checkpoint: step ${step}`);
   const model = new DecoderLM(config.model, { seed: config.seed });
   try {

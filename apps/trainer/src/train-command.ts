@@ -1,6 +1,7 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Rng, TsformerError, selectBackend, type BackendName } from '@tsformer/core';
+import { Rng, TsformerError, type BackendName } from '@tsformer/core';
+import { useBackend } from './backend.js';
 import { DecoderLM, generate } from '@tsformer/model';
 import { BatchLoader, PackedSequences, createTokenizer, evalBatches, loadTokens, type Tokenizer } from '@tsformer/data';
 import { AdamW, NonFiniteError, Progress, trainLoop, type EvalLog, type LoopState, type StepLog } from '@tsformer/train';
@@ -182,7 +183,7 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
   checkConfigFiles(config);
   const { store, from } = await resolveResume(config, o.resume, o.out);
 
-  const backend = await selectBackend(config.backend);
+  const backend = await useBackend(config.backend);
   o.out.info(`backend: ${backend.name} (${backend.detail})`);
   const tokenizer = await makeTokenizer(config);
   const trainSeqs = (await loadSplit(config, tokenizer, 'train'))!;

@@ -23,7 +23,12 @@ export interface ScoreSpec {
   window?: number;
   /** Additive score bias [H, Tq, Tk] for query and key positions (ALiBi and the like). */
   scoreBias?: (qPositions: Int32Array, kPositions: Int32Array) => tf.Tensor;
-  /** Applied to the weights (attention dropout while training). */
+  /**
+   * When `scoreBias` is ALiBi's -slope_h (pos_q - pos_k): the slopes [H], so a fused kernel can
+   * compute the bias itself. Leave undefined for any other bias.
+   */
+  alibiSlopes?: ArrayLike<number>;
+  /** Applied to the weights (attention dropout while training); leave undefined when it is the identity. */
   dropout?: (p: tf.Tensor) => tf.Tensor;
 }
 

@@ -1,4 +1,4 @@
-import { Module, TsformerError, checkShape, tf } from '@tsformer/core';
+import { Module, TsformerError, checkShape, fused, tf } from '@tsformer/core';
 import { Dropout, Linear, RMSNorm } from '@tsformer/layers';
 import type { PositionalEncoding } from '@tsformer/positional';
 import { z } from 'zod';
@@ -105,9 +105,27 @@ export function scoreAttention(
 ): tf.Tensor {
   const T = qPositions.length;
   const S = kPositions.length;
+  if (path === 'auto') {
+    const kernel = fusedAttention(qPositions, kPositions, spec);
+    const o = kernel?.(q, k, v, { score: spec.score, sigmoidBias: spec.sigmoidBias, window: spec.window, alibiSlopes: spec.alibiSlopes });
+    if (o) return o;
+  }
   const banded =
     path === 'banded' || (path === 'auto' && spec.window !== undefined && bandedScoreCount(T, spec.window) < T * S && bandable(qPositions, kPositions));
   return banded ? bandedAttention(q, k, v, qPositions, kPositions, spec) : denseAttention(q, k, v, qPositions, kPositions, spec);
+}
+
+/**
+ * The fused attention kernel of the active backend (webgpu), when it computes exactly what the
+ * dense path would: no cache (query and key positions both 0..T-1), no dropout, and a score bias
+ * that is ALiBi's (given as slopes) or none.
+ */
+function fusedAttention(qPositions: Int32Array, kPositions: Int32Array, spec: ScoreSpec) {
+  const kernel = fused('attention');
+  if (!kernel || spec.dropout || (spec.scoreBias && !spec.alibiSlopes)) return undefined;
+  if (qPositions.length !== kPositions.length) return undefined;
+  for (let i = 0; i < qPositions.length; i++) if (qPositions[i] !== i || kPositions[i] !== i) return undefined;
+  return kernel;
 }
 
 /**
@@ -204,7 +222,9 @@ export class SoftmaxAttention extends Module implements Attention {
       sigmoidBias: this.sigmoidBias,
       window: this.window,
       scoreBias: positional.scoreBias ? (qp, kp) => positional.scoreBias!(H, qp, kp) : undefined,
-      dropout: (p) => this.attnDropout.forward(p),
+      alibiSlopes: positional.scoreBias && positional.linearBiasSlopes ? positional.linearBiasSlopes(H) : undefined,
+      // undefined when it is the identity (eval, or rate 0): then a fused kernel may run
+      dropout: this.attnDropout.training && this.attnDropout.rate > 0 ? (p) => this.attnDropout.forward(p) : undefined,
     };
 
     let newCache: KvCache | undefined;

@@ -1,13 +1,17 @@
-import { registerFlashAttention } from './attention.js';
-import { registerRmsNorm } from './rmsnorm.js';
-import { registerRope } from './rope.js';
-import { registerAdamW } from './adamw.js';
-import { registerSparseCrossEntropy } from './xent.js';
+import { registerFused } from '@tsformer/core';
+import { FLASH_ATTENTION, flashAttention, flashAttentionSupported, registerFlashAttention } from './attention.js';
+import { RMS_NORM, registerRmsNorm, rmsNorm } from './rmsnorm.js';
+import { ROPE, registerRope, rope } from './rope.js';
+import { ADAMW, adamwUpdate, registerAdamW } from './adamw.js';
+import { SPARSE_XENT, registerSparseCrossEntropy, sparseCrossEntropy } from './xent.js';
 import { registerChunkedAddN, registerFastSum } from './reduce.js';
+import { kernelActive } from './program.js';
 
 /**
- * Registers every fused kernel of this package for the `webgpu` backend (and their gradients).
- * Explicit, idempotent, and harmless where webgpu is absent: the composite paths run there.
+ * Registers every fused kernel of this package for the `webgpu` backend (and their gradients), and
+ * their dispatch entries in @tsformer/core's fused registry, through which the model's layers
+ * (attention, RMSNorm, RoPE, the loss, AdamW) reach them. Explicit, idempotent, and harmless where
+ * webgpu is absent: `fused(name)` answers only on webgpu, and the composite paths run elsewhere.
  */
 export function registerWebGpuKernels(): void {
   registerFlashAttention();
@@ -17,4 +21,17 @@ export function registerWebGpuKernels(): void {
   registerSparseCrossEntropy();
   registerFastSum();
   registerChunkedAddN();
+  registerModelHooks();
+}
+
+/** Each entry returns undefined when its kernel is not registered or does not take the shapes. */
+function registerModelHooks(): void {
+  registerFused('attention', (q, k, v, o) => {
+    if (!kernelActive(FLASH_ATTENTION) || !flashAttentionSupported(q.shape[3]!)) return undefined;
+    return flashAttention(q, k, v, { score: o.score, sigmoidBias: o.sigmoidBias, window: o.window, alibiSlopes: o.alibiSlopes });
+  });
+  registerFused('rmsNorm', (x, weight, eps, gate) => (kernelActive(RMS_NORM) ? rmsNorm(x, weight, eps, gate) : undefined));
+  registerFused('rope', (x, cos, sin, layout) => (kernelActive(ROPE) ? rope(x, cos, sin, layout) : undefined));
+  registerFused('sparseCrossEntropy', (logits, targets) => (kernelActive(SPARSE_XENT) ? sparseCrossEntropy(logits, targets) : undefined));
+  registerFused('adamw', (p, m, v, g, h) => (kernelActive(ADAMW) ? adamwUpdate(p, m, v, g, h) : undefined));
 }

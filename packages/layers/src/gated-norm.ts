@@ -1,4 +1,4 @@
-import { Module, TsformerError, checkShape, init, sameShape, tf } from '@tsformer/core';
+import { Module, TsformerError, checkShape, fused, init, sameShape, tf } from '@tsformer/core';
 import { rmsNormalize } from './norm.js';
 
 /**
@@ -25,6 +25,7 @@ export class GatedRMSNorm extends Module {
     if (!sameShape(gate.shape, x.shape)) {
       throw new TsformerError(`GatedRMSNorm gate: expected shape [${x.shape.join(', ')}] (that of x), got [${gate.shape.join(', ')}]`, 'shape');
     }
-    return tf.tidy(() => rmsNormalize(x, this.eps).mul(this.weight).mul(gate.mul(gate.sigmoid()))); // * silu(gate)
+    const f = fused('rmsNorm')?.(x, this.weight, this.eps, gate);
+    return f ?? tf.tidy(() => rmsNormalize(x, this.eps).mul(this.weight).mul(gate.mul(gate.sigmoid()))); // * silu(gate)
   }
 }

@@ -1,4 +1,4 @@
-import { Module, init, tf } from '@tsformer/core';
+import { Module, fused, init, tf } from '@tsformer/core';
 
 /** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * g. */
 export class RMSNorm extends Module {
@@ -13,7 +13,8 @@ export class RMSNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => rmsNormalize(x, this.eps).mul(this.weight));
+    // the fused kernel where one is registered for the active backend (webgpu), else tfjs ops
+    return fused('rmsNorm')?.(x, this.weight, this.eps) ?? tf.tidy(() => rmsNormalize(x, this.eps).mul(this.weight));
   }
 }
 

@@ -24,6 +24,11 @@ export function alibiSlopes(numHeads: number): Float64Array {
 export class Alibi implements PositionalEncoding {
   readonly type = 'alibi';
 
+  /** The slopes of `scoreBias`, one per head. */
+  linearBiasSlopes(numHeads: number): Float64Array {
+    return alibiSlopes(numHeads);
+  }
+
   /** Bias [H, Tq, Tk]: -slope_h * (qPositions[i] - kPositions[j]) = slope_h * (kPositions[j] - qPositions[i]). */
   scoreBias(numHeads: number, qPositions: Int32Array, kPositions: Int32Array): tf.Tensor {
     const slopes = alibiSlopes(numHeads);

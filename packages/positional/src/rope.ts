@@ -1,4 +1,4 @@
-import { TsformerError, checkShape, tf } from '@tsformer/core';
+import { TsformerError, checkShape, fused, tf } from '@tsformer/core';
 import type { PositionalEncoding } from './types.js';
 import { ropeConfigSchema, type RopeLayout, type RopeScaling, type RopeScalingInput } from './schema.js';
 import { baseInverseFrequencies, ropeFrequencies, rotaryDimFor, type RopeFrequencies } from './frequencies.js';
@@ -120,6 +120,11 @@ export class Rope implements PositionalEncoding {
     const R = this.rotaryDim;
     const P = R / 2;
     const { cos, sin } = this.tables(positions);
+    const kernel = fused('rope');
+    if (kernel) {
+      const y = tf.tidy(() => kernel(x, tf.tensor(cos, [T, P]), tf.tensor(sin, [T, P]), this.layout)); // [B, T, H, D]
+      if (y) return y;
+    }
     return tf.tidy(() => {
       const [rot, pass] = R === D ? [x, undefined] : tf.split(x, [R, D - R], -1); // [B, T, H, R], [B, T, H, D-R]
       let out: tf.Tensor;

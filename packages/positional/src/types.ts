@@ -14,6 +14,11 @@ export interface PositionalEncoding {
   /** Additive score bias [H, Tq, Tk] for query and key positions (e.g. ALiBi). */
   scoreBias?(numHeads: number, qPositions: Int32Array, kPositions: Int32Array): tf.Tensor;
   /**
+   * When `scoreBias` is ALiBi's linear bias -slope_h (q - k): the slopes, one per head, so a fused
+   * attention kernel can add the bias itself instead of reading an [H, Tq, Tk] tensor.
+   */
+  linearBiasSlopes?(numHeads: number): Float64Array;
+  /**
    * True when `rotate`'s angles depend on the largest position of the call (dynamic NTK scaling).
    * A key rotated in an earlier call then does not match the current queries: the shell should cache
    * keys unrotated and rotate all cached keys with their positions at every call. Default false.

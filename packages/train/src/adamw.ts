@@ -1,4 +1,4 @@
-import { TsformerError, tf, type Parameter } from '@tsformer/core';
+import { TsformerError, fused, tf, type Parameter } from '@tsformer/core';
 import { z } from 'zod';
 
 export const adamwConfigSchema = z
@@ -51,17 +51,27 @@ export class AdamW {
     const [b1, b2] = this.config.betas;
     const c1 = 1 - Math.pow(b1, this.step);
     const c2 = 1 - Math.pow(b2, this.step);
+    const kernel = fused('adamw');
     tf.tidy(() => {
       for (const [name, slot] of this.#slots) {
         const g = grads.get(name);
         if (!g) continue;
+        const p = slot.param.variable;
+        const weightDecay = slot.param.decay ? this.config.weightDecay : 0;
+        // the fused update (one kernel per moment and one for the parameter) where one is registered
+        const u = kernel?.(p, slot.m, slot.v, g, { lr, beta1: b1, beta2: b2, eps: this.config.eps, weightDecay, step: this.step });
+        if (u) {
+          slot.m.assign(u.m);
+          slot.v.assign(u.v);
+          p.assign(u.p);
+          continue;
+        }
         const m = slot.m.mul(b1).add(g.mul(1 - b1));
         const v = slot.v.mul(b2).add(g.square().mul(1 - b2));
         slot.m.assign(m);
         slot.v.assign(v);
-        const p = slot.param.variable;
         let update = m.div(c1).div(v.div(c2).sqrt().add(this.config.eps));
-        if (slot.param.decay && this.config.weightDecay > 0) update = update.add(p.mul(this.config.weightDecay));
+        if (weightDecay > 0) update = update.add(p.mul(this.config.weightDecay));
         p.assign(p.sub(update.mul(lr)));
       }
     });

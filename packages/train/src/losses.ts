@@ -1,4 +1,4 @@
-import { TsformerError, customOp, tf } from '@tsformer/core';
+import { TsformerError, customOp, fused, tf } from '@tsformer/core';
 
 /**
  * Mean sparse cross-entropy: logits [..., V] against int32 targets [...]. Labels are never expanded:
@@ -14,6 +14,9 @@ export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Sc
     throw new TsformerError(`sparseCrossEntropy: logits [${logits.shape}] do not match targets [${targets.shape}]`, 'shape');
   }
   if (targets.dtype !== 'int32') throw new TsformerError(`sparseCrossEntropy: targets must be int32, got ${targets.dtype}`, 'shape');
+  // the fused kernel (one pass per row, no softmax tensor) where one is registered for the backend
+  const f = fused('sparseCrossEntropy')?.(logits, targets);
+  if (f) return f;
   return customOp<tf.Scalar>((...args) => {
     const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
     const t = targets.reshape([N]); // [N]

@@ -4,6 +4,7 @@ import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { registerWebGpuKernels } from '../register.js';
 import { runChecks } from '../checks.js';
+import { modelStepCheck } from './model-step.js';
 
 interface GpuNav {
   gpu?: { requestAdapter(): Promise<{ limits: Record<string, number> } | null> };
@@ -27,3 +28,16 @@ async function main(seed: number) {
 }
 
 (globalThis as unknown as { runKernelChecks: typeof main }).runKernelChecks = main;
+
+/** A tiny DecoderLM training step on webgpu with the kernels against the same step on cpu. */
+async function modelStep(seed: number) {
+  try {
+    await selectBackend('webgpu', { webgpuModule });
+    registerWebGpuKernels();
+    return await modelStepCheck(seed, webgpuModule);
+  } catch (e) {
+    return { error: String((e as Error).stack ?? e) };
+  }
+}
+
+(globalThis as unknown as { runModelStepCheck: typeof modelStep }).runModelStepCheck = modelStep;

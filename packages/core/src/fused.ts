@@ -1,0 +1,70 @@
+import { tf } from './tf.js';
+
+/**
+ * A dispatch registry for fused kernels. Packages low in the dependency order (layers, positional,
+ * attention, train) cannot import a kernel package that depends on them; instead a kernel package
+ * (e.g. `@tsformer/kernels-webgpu`) fills this registry in from its explicit `register...()` call,
+ * and the layers ask for an implementation at each call:
+ *
+ *   return fused('rmsNorm')?.(x, weight, eps) ?? composite(x, weight, eps);
+ *
+ * `fused(name)` returns an implementation only when one was registered for the backend now active;
+ * an implementation returns `undefined` for inputs it does not take (the caller's composite runs).
+ * Every backend without a registered implementation runs the composite path unchanged.
+ */
+export interface FusedOps {
+  /**
+   * Causal attention with positions 0..T-1 for queries and keys, no dropout, no cache:
+   * q [B, T, H, D], k and v [B, T, Hkv, D] -> o [B, T, H, D], scores scaled by 1/sqrt(D).
+   */
+  attention: (
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    opts: {
+      score: 'softmax' | 'sigmoid';
+      /** Added to each score before the sigmoid (sigmoid only). */
+      sigmoidBias: number;
+      /** Query i sees keys i - window < j <= i; undefined: full causal. */
+      window?: number;
+      /** ALiBi: score -= slope_h (i - j), one slope per query head. */
+      alibiSlopes?: ArrayLike<number>;
+    },
+  ) => tf.Tensor | undefined;
+  /** x / sqrt(mean(x^2) + eps) * weight over the last axis, times silu(gate) when gated. */
+  rmsNorm: (x: tf.Tensor, weight: tf.Tensor, eps: number, gate?: tf.Tensor) => tf.Tensor | undefined;
+  /** Rotary embedding of x [B, T, H, D] with tables cos, sin [T, R/2] (R <= D; the rest passes through). */
+  rope: (x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, layout: 'half' | 'interleaved') => tf.Tensor | undefined;
+  /** Mean sparse cross-entropy of logits [..., V] against int32 targets [...], differentiable in logits. */
+  sparseCrossEntropy: (logits: tf.Tensor, targets: tf.Tensor) => tf.Scalar | undefined;
+  /** One AdamW update (decoupled weight decay); returns the new p, m, v. */
+  adamw: (
+    p: tf.Tensor,
+    m: tf.Tensor,
+    v: tf.Tensor,
+    g: tf.Tensor,
+    h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
+  ) => { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } | undefined;
+}
+
+export type FusedName = keyof FusedOps;
+
+const registry = new Map<string, Map<FusedName, FusedOps[FusedName]>>();
+
+/** Registers `impl` as the fused form of `name` on `backend` (default `webgpu`); replaces an earlier one. */
+export function registerFused<K extends FusedName>(name: K, impl: FusedOps[K], backend = 'webgpu'): void {
+  let ops = registry.get(backend);
+  if (!ops) registry.set(backend, (ops = new Map()));
+  ops.set(name, impl);
+}
+
+/** Removes the fused form of `name` on `backend` (tests; a kernel package never needs it). */
+export function unregisterFused(name: FusedName, backend = 'webgpu'): void {
+  registry.get(backend)?.delete(name);
+}
+
+/** The fused form of `name` registered for the active backend, or undefined (then run the composite). */
+export function fused<K extends FusedName>(name: K): FusedOps[K] | undefined {
+  if (registry.size === 0) return undefined;
+  return registry.get(tf.getBackend())?.get(name) as FusedOps[K] | undefined;
+}
