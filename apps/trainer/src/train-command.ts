@@ -262,9 +262,14 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
         onStep: async (s: StepLog) => {
           progress.update(s);
           if (s.step % config.train.logEvery === 0 || s.step === config.train.steps) log({ type: 'train', ...s });
-          // A step on the cpu/tensorflow backends never leaves the JavaScript thread: give the event
-          // loop one turn so that signals (SIGTERM) are seen and a background upload makes progress.
-          await new Promise<void>((resolve) => setImmediate(resolve));
+          // A step on the cpu/wasm/tensorflow backends never leaves the JavaScript thread: give the
+          // event loop a turn so that signals (SIGTERM) are seen. While a checkpoint is being written
+          // in the background, keep turning it for up to 20 ms: each file operation or request of the
+          // save needs a turn to continue, so one turn per step stretched a 10 MB local save over
+          // ~100 steps (and left the previous step as the newest complete one all that time).
+          const until = performance.now() + 20;
+          do await new Promise<void>((resolve) => setImmediate(resolve));
+          while (writer?.inFlight !== undefined && performance.now() < until);
         },
         onEval: (e: EvalLog) => {
           lastEval = e;
