@@ -20,6 +20,7 @@ import { disposeCaches } from '@tsformer/model';
 import { attentionErrors, buildStudent, lmEvaluate, mergeStudentLora, parameterReport, type LanguageModel, type LayerError, type StudentLM } from '@tsformer/distill';
 import { lineChartSvg } from './plot.js';
 import { heldOutIds, loadFinalStudent, readStage1, stage1Student, valBatches, type DistillContext } from './distill-command.js';
+import { reportAtEnd } from './report.js';
 
 export interface DecodePoint {
   /** Generated tokens so far. */
@@ -220,6 +221,7 @@ export async function evaluateDistill(ctx: DistillContext): Promise<DistillEval>
     writeFileSync(join(ctx.runDir, 'eval-layers.svg'), layersSvg(result));
     out.info(`\n${md}`);
     out.info(`wrote ${join(ctx.runDir, 'eval.json')}, eval.md and eval-layers.svg`);
+    reportAtEnd(ctx.runDir, out); // report.html with the per-layer errors and the perplexity table
     return result;
   } finally {
     tf.dispose(ids);

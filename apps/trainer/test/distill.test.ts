@@ -70,6 +70,10 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     full = join(ws.runs, 'full');
     expect(r.text).toContain('after stage 2 (LoRA)');
     const e = JSON.parse(readFileSync(join(full, 'eval.json'), 'utf8'));
+    // the run's report.html carries the per-layer error plot and the perplexity table
+    const report = readFileSync(join(full, 'report.html'), 'utf8');
+    expect(report).toContain('<svg');
+    expect(report).toMatch(/after stage 2/);
     const finite = (x: unknown) => expect(Number.isFinite(x), String(x)).toBe(true);
     expect(Object.keys(e).sort()).toEqual(
       ['format', 'run', 'backend', 'teacher', 'student', 'heldOut', 'perplexity', 'loss', 'gapClosed', 'pplVsTeacher', 'trainable', 'tokens', 'layers', 'decode', 'targets', 'wallSeconds'].sort(),
