@@ -105,6 +105,15 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
+def matmul(sizes):
+    """Square fp32 products (TF32 off): ms and TFLOP/s per size."""
+    for n in sizes:
+        a = torch.randn(n, n, device=dev); b = torch.randn(n, n, device=dev)
+        ms, _ = timed(lambda: a @ b, budget_s=1.0)
+        print(json.dumps({"kind": "matmul", "n": n, "ms": ms, "tflops": 2 * n**3 / (ms * 1e9)}), flush=True)
+        del a, b
+
+
 def gpt2(B, T, steps=4):
     torch.manual_seed(0)
     m = GPT(50257, 768, 12, 12, T).to(dev)
@@ -130,9 +139,13 @@ if __name__ == "__main__":
     ap.add_argument("--H", type=int, default=12)
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--gpt2", default="8x1024", help="BxT of the GPT-2-small run, or 'none'")
+    ap.add_argument("--matmul", default="1024,2048,4096", help="sizes of the square fp32 matmuls, or 'none'")
     a = ap.parse_args()
     print(json.dumps({"kind": "info", "torch": torch.__version__, "device": torch.cuda.get_device_name()}), flush=True)
-    attention(a.B, a.H, a.D, [int(t) for t in a.T.split(",")])
+    if a.matmul != "none":
+        matmul([int(n) for n in a.matmul.split(",")])
+    if a.T != "none":
+        attention(a.B, a.H, a.D, [int(t) for t in a.T.split(",")])
     if a.gpt2 != "none":
         B, T = (int(x) for x in a.gpt2.split("x"))
         gpt2(B, T)

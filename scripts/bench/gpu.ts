@@ -3,6 +3,7 @@
  *
  *   ../shared/gpu/kit.sh scripts/bench/gpu.ts scripts/bench/gpu-check.ts   (then bundle-gpu, see docs/benchmarks.md)
  *   device: python3 scripts/bench/attention_torch.py > $OUT/torch.jsonl; bash .gpu/run.sh gpu.mjs --torch $OUT/torch.jsonl
+ *   flags: --matmul 1024,2048,4096|none  --no-attention  --gpt2 BxT|none  --no-ablation  --local-model
  *
  * Prints, for causal attention at B, H, D fixed and each T: our fused WGSL kernel, the tfjs composite
  * path (dense scores), and PyTorch (naive fp32, SDPA fp32, from the JSON lines of attention_torch.py),
@@ -18,6 +19,7 @@ import {
   FLASH_ATTENTION_GRAD,
   adamwUpdate,
   kernelActive,
+  originalMatMul,
   registerWebGpuKernels,
   flashAttention,
   flashAttentionComposite,
@@ -46,6 +48,8 @@ const [L, dModel, heads, vocab] = arg('model', '12,768,12,50257').split(',').map
 const backendName = arg('backend', 'webgpu') as 'webgpu' | 'cpu';
 /** Seconds of timed repetitions per measurement (after one warm-up and one probe). */
 const budgetMs = Number(arg('budget', '2')) * 1000;
+/** Square matmul sizes for the matmul table, or `none`. */
+const matmulSizes = arg('matmul', '1024,2048,4096');
 
 const now = () => performance.now();
 
@@ -196,6 +200,33 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
   }
 }
 
+/** Square fp32 matmuls: this package's tiled kernel (the registered BatchMatMul) against tfjs's own. */
+async function matmulTable(torch: Array<Record<string, unknown>>): Promise<void> {
+  if (matmulSizes === 'none') return;
+  const tfjs = tf.getBackend() === 'webgpu' ? originalMatMul() : undefined;
+  const rows: string[] = [];
+  for (const n of matmulSizes.split(',').map(Number)) {
+    const a = tf.randomNormal([n, n]);
+    const b = tf.randomNormal([n, n]);
+    const flops = (ms: number) => (2 * n ** 3) / (ms * 1e9);
+    const ours = await time(() => tf.matMul(a, b));
+    const oursT = await time(() => tf.matMul(a, b, true, true));
+    const theirs = tfjs
+      ? await time(() => tf.engine().makeTensorFromTensorInfo(tfjs.kernelFunc({ inputs: { a, b }, backend: tf.backend(), attrs: { transposeA: false, transposeB: false } }) as tf.TensorInfo))
+      : undefined;
+    const pt = torch.find((r) => r.kind === 'matmul' && r.n === n);
+    const line = `| ${n} | ${ours.ms.toFixed(2)} / ${fmt(flops(ours.ms))} | ${fmt(flops(oursT.ms))} | ${theirs ? `${theirs.ms.toFixed(2)} / ${fmt(flops(theirs.ms))}` : '-'} | ${pt ? `${(pt.ms as number).toFixed(2)} / ${fmt(pt.tflops as number)}` : '-'} | ${theirs ? (theirs.ms / ours.ms).toFixed(2) + 'x' : '-'} | ${pt ? ((pt.ms as number) / ours.ms).toFixed(2) + 'x' : '-'} |`;
+    rows.push(line);
+    console.log(line);
+    tf.dispose([a, b]);
+    releasePool();
+  }
+  console.log(`\nfp32 matmul n x n x n: ms / TFLOP/s\n`);
+  console.log('| n | ours (tiled WGSL) | ours, both transposed (TFLOP/s) | tfjs-webgpu 4.22 | PyTorch (TF32 off) | ours vs tfjs | ours vs PyTorch |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) console.log(r);
+}
+
 async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> {
   const [b, T] = gpt2.split('x').map(Number) as [number, number];
   const rng = Rng.seeded(1);
@@ -233,6 +264,23 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   const t0 = now();
   for (let i = 0; i < steps; i++) await step();
   const ms = (now() - t0) / steps;
+  // the same model with tfjs's own matmul (every other kernel as above): what the tiled matmul gives
+  let msTfjsMatMul: number | undefined;
+  const mine = tf.getKernel('BatchMatMul', 'webgpu');
+  const tfjs = tf.getBackend() === 'webgpu' ? originalMatMul() : undefined;
+  if (mine && tfjs && !args.includes('--no-ablation')) {
+    tf.unregisterKernel('BatchMatMul', 'webgpu');
+    tf.registerKernel(tfjs);
+    try {
+      await step();
+      const t1 = now();
+      for (let i = 0; i < 2; i++) await step();
+      msTfjsMatMul = (now() - t1) / 2;
+    } finally {
+      tf.unregisterKernel('BatchMatMul', 'webgpu');
+      tf.registerKernel(mine);
+    }
+  }
   const mem = tf.memory() as { numBytesAllocatedInGPU?: number };
   const ours = (n / ms) * 1000;
   const pt = torch.find((r) => r.kind === 'gpt2');
@@ -241,11 +289,15 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   console.log('| implementation | ms/step | tokens/s | vs torch eager | peak GiB |');
   console.log('|---|---:|---:|---:|---:|');
   if (peer) console.log(`| peer @genai-fi/nanogpt 1.3.0 (webgpu, its own kernels) | ${((n / peer) * 1000).toFixed(0)} | ${Math.round(peer)} | ${pt ? (peer / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | - |`);
-  console.log(`| tsformer webgpu (tfjs ops; attention composite) | ${ms.toFixed(0)} | ${Math.round(ours)} | ${pt ? (ours / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
+  const vsPt = (tps: number) => (pt ? (tps / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-');
+  console.log(`| tsformer DecoderLM, webgpu, fused kernels + tiled matmul | ${ms.toFixed(0)} | ${Math.round(ours)} | ${vsPt(ours)} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
+  if (msTfjsMatMul) console.log(`| tsformer DecoderLM, webgpu, fused kernels, tfjs's matmul | ${msTfjsMatMul.toFixed(0)} | ${Math.round((n / msTfjsMatMul) * 1000)} | ${vsPt((n / msTfjsMatMul) * 1000)} | - |`);
   releasePool();
-  const fused = await fusedTrainSteps(b, T, steps);
-  const fusedTps = (n / fused.ms) * 1000;
-  console.log(`| tsformer webgpu, same shape on the fused kernels (bench-local model; loss ${fused.loss.toFixed(2)}) | ${fused.ms.toFixed(0)} | ${Math.round(fusedTps)} | ${pt ? (fusedTps / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | - |`);
+  if (args.includes('--local-model')) {
+    const fused = await fusedTrainSteps(b, T, steps);
+    const fusedTps = (n / fused.ms) * 1000;
+    console.log(`| tsformer webgpu, same shape on the fused kernels (bench-local model; loss ${fused.loss.toFixed(2)}) | ${fused.ms.toFixed(0)} | ${Math.round(fusedTps)} | ${vsPt(fusedTps)} | - |`);
+  }
   if (pt) console.log(`| PyTorch eager fp32 | ${(pt.ms_per_step as number).toFixed(0)} | ${Math.round(pt.tokens_per_s as number)} | 1.00x | ${fmt(pt.peak_gib as number, 1)} |`);
   model.dispose();
   opt.dispose();
@@ -360,6 +412,8 @@ async function main(): Promise<void> {
   const torch = torchFile && existsSync(torchFile) ? readFileSync(torchFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
   const tinfo = torch.find((r) => r.kind === 'info');
   if (tinfo) console.log(`torch ${tinfo.torch} on ${tinfo.device}`);
+  await matmulTable(torch);
+  releasePool();
   if (!args.includes('--no-attention')) await attentionTable(torch);
   releasePool();
   if (gpt2 !== 'none') await trainTable(torch);

@@ -5,6 +5,8 @@ import { RMS_NORM, rmsNorm, rmsNormComposite } from './rmsnorm.js';
 import { ROPE, rope, ropeComposite, type RopeLayout } from './rope.js';
 import { ADAMW, adamwUpdate, adamwUpdateComposite, type AdamWHyper } from './adamw.js';
 import { SPARSE_XENT, sparseCrossEntropy, sparseCrossEntropyComposite } from './xent.js';
+import { matMulShape, runMatMul } from './matmul.js';
+import type { WebGpuBackendLike } from './program.js';
 
 /**
  * Kernel checks: each fused kernel against its composite definition, on the backend now active,
@@ -246,6 +248,78 @@ export async function checkAddN(count: number, n: number, seed: number): Promise
   return { name: `addN of ${count} tensors`, fused: ours, errors: { out: Math.sqrt(num / den) }, ms: performance.now() - t0 };
 }
 
+export interface MatMulCase {
+  a: number[];
+  b: number[];
+  transA?: boolean;
+  transB?: boolean;
+  /** Force a block size and K step (run the kernel directly); default: tf.matMul through the registered kernel. */
+  block?: 64 | 128;
+  bk?: 8 | 16;
+}
+
+/** Odd shapes (not multiples of the tiles, K below a tile step), transposes, batch broadcast. */
+export function matMulCases(): MatMulCase[] {
+  return [
+    { a: [130, 67], b: [67, 129] },
+    { a: [100, 5], b: [5, 70] },
+    { a: [64, 200], b: [64, 132], transA: true },
+    { a: [3, 77, 36], b: [3, 150, 36], transB: true },
+    { a: [1, 40, 90], b: [4, 133, 40], transA: true, transB: true },
+    { a: [2, 3, 129, 64], b: [64, 256] },
+    { a: [260, 45], b: [45, 300], block: 128 },
+    { a: [45, 260], b: [300, 45], transA: true, transB: true, block: 128 },
+    { a: [2, 131, 28], b: [28, 201], block: 64 },
+    { a: [2, 131, 28], b: [201, 28], transB: true, block: 64, bk: 8 },
+    { a: [37, 150], b: [37, 190], transA: true, block: 128, bk: 8 },
+    { a: [1536, 24], b: [24, 1540] },
+  ];
+}
+
+/** op(A) op(B) against float64 products on the host. `fused`: this package's kernel ran. */
+export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const transA = c.transA ?? false;
+  const transB = c.transB ?? false;
+  const a = randn(c.a, seed);
+  const b = randn(c.b, seed + 1);
+  const shape = matMulShape(a, b, transA, transB);
+  const onWebGpu = tf.getBackend() === 'webgpu';
+  const ours = (tf.getKernel('BatchMatMul', 'webgpu') as { tsformer?: boolean } | undefined)?.tsformer === true;
+  let y: tf.Tensor;
+  if (c.block && onWebGpu && shape) {
+    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bk: c.bk })!);
+  } else y = tf.matMul(a, b, transA, transB);
+  const [ha, hb, hy] = await Promise.all([a.data(), b.data(), y.data()]);
+  const s = matMulShape(a, b, transA, transB)!;
+  const want = new Float64Array(s.batch * s.M * s.N);
+  for (let bi = 0; bi < s.batch; bi++) {
+    const ao = (s.batchA === 1 ? 0 : bi) * s.M * s.K;
+    const bo = (s.batchB === 1 ? 0 : bi) * s.K * s.N;
+    for (let m = 0; m < s.M; m++) {
+      for (let n = 0; n < s.N; n++) {
+        let acc = 0;
+        for (let k = 0; k < s.K; k++) {
+          const av = ha[ao + (transA ? k * s.M + m : m * s.K + k)] as number;
+          const bv = hb[bo + (transB ? n * s.K + k : k * s.N + n)] as number;
+          acc += av * bv;
+        }
+        want[(bi * s.M + m) * s.N + n] = acc;
+      }
+    }
+  }
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < want.length; i++) {
+    num += ((hy[i] as number) - want[i]!) ** 2;
+    den += want[i]! ** 2;
+  }
+  const shapeOk = tf.util.arraysEqual(y.shape, s.outShape);
+  tf.dispose([a, b, y]);
+  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bk ? ` bk ${c.bk}` : ''}`;
+  return { name, fused: onWebGpu && ours && shapeOk && s.M >= 64 && s.N >= 64, errors: { out: Math.sqrt(num / Math.max(den, 1e-30)) }, ms: performance.now() - t0 };
+}
+
 /** Every check, in order. */
 export async function runChecks(opts: { scale?: number; seed?: number; log?: (r: CheckResult) => void } = {}): Promise<CheckResult[]> {
   const seed = opts.seed ?? (Date.now() % 1_000_000);
@@ -265,5 +339,6 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   push(await checkSparseCrossEntropy(37 * k, 1001, seed + 10 * n++));
   push(await checkSum(3, 100_000 * k, seed + 10 * n++));
   push(await checkAddN(40, 1000 * k, seed + 10 * n++));
+  for (const c of matMulCases()) push(await checkMatMul(c, seed + 10 * n++));
   return out;
 }

@@ -12,4 +12,5 @@ export { rope, ropeComposite, ROPE, type RopeLayout } from './rope.js';
 export { adamwUpdate, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult } from './adamw.js';
 export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
-export { runChecks, checkAttention, type CheckResult } from './checks.js';
+export { runChecks, checkAttention, checkMatMul, matMulCases, type CheckResult, type MatMulCase } from './checks.js';
+export { registerFastMatMul, runMatMul, matMulShape, matMulTiles, originalMatMul, type MatMulShape, type TileChoice } from './matmul.js';

@@ -5,6 +5,7 @@ import { ROPE, registerRope, rope } from './rope.js';
 import { ADAMW, adamwUpdate, registerAdamW } from './adamw.js';
 import { SPARSE_XENT, registerSparseCrossEntropy, sparseCrossEntropy } from './xent.js';
 import { registerChunkedAddN, registerFastSum } from './reduce.js';
+import { registerFastMatMul } from './matmul.js';
 import { kernelActive } from './program.js';
 
 /**
@@ -21,6 +22,7 @@ export function registerWebGpuKernels(): void {
   registerSparseCrossEntropy();
   registerFastSum();
   registerChunkedAddN();
+  registerFastMatMul();
   registerModelHooks();
 }
 

@@ -7,12 +7,12 @@ import { DecoderLM, type ModelConfigInput } from '@tsformer/model';
 import { AdamW, adamwConfigSchema, batchLoss, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 import { relRms } from '../checks.js';
 
-/** Two layer kinds: GQA with RoPE and q/k RMSNorm; a sliding window with ALiBi. RMSNorm, SwiGLU. */
+/** Two layer kinds: GQA with RoPE and q/k RMSNorm; a sliding window with ALiBi. RMSNorm, SwiGLU (hidden 128). */
 export const MODEL_STEP_CONFIG: ModelConfigInput = {
   vocabSize: 97,
   dModel: 48,
   nLayers: 2,
-  maxSeqLen: 24,
+  maxSeqLen: 32,
   norm: { type: 'rmsnorm' },
   mlp: { type: 'swiglu' },
   layers: {
@@ -108,8 +108,9 @@ async function step(seed: number, batch: Batch): Promise<StepResult> {
  * `webgpuModule`: the backend module, for bundles that cannot import it by name.
  */
 export async function modelStepCheck(seed: number, webgpuModule?: unknown): Promise<ModelStepReport> {
+  // B * T = 64 rows: the MLP and output-head products take the package's matmul (>= 64 rows and columns)
   const B = 2;
-  const T = 20;
+  const T = 32;
   let s = seed >>> 0;
   const next = (n: number) => {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
