@@ -3,7 +3,7 @@
  *
  *   ../shared/gpu/kit.sh scripts/bench/gpu.ts scripts/bench/gpu-check.ts   (then bundle-gpu, see docs/benchmarks.md)
  *   device: python3 scripts/bench/attention_torch.py > $OUT/torch.jsonl; bash .gpu/run.sh gpu.mjs --torch $OUT/torch.jsonl
- *   flags: --matmul 1024,2048,4096|none  --no-attention  --gpt2 BxT|none  --no-ablation  --local-model
+ *   flags: --matmul 1024,2048,4096|none  --calibrate N|none  --no-attention  --gpt2 BxT|none  --no-ablation  --local-model
  *
  * Prints, for causal attention at B, H, D fixed and each T: our fused WGSL kernel, the tfjs composite
  * path (dense scores), and PyTorch (naive fp32, SDPA fp32, from the JSON lines of attention_torch.py),
@@ -21,13 +21,18 @@ import {
   kernelActive,
   originalMatMul,
   registerWebGpuKernels,
+  runMatMul,
+  setMatMulPolicy,
+  type MatMulCombo,
+  type MatMulPolicy,
+  type TileChoice,
   flashAttention,
   flashAttentionComposite,
   rope,
   sparseCrossEntropy as fusedCrossEntropy,
 } from '@tsformer/kernels-webgpu';
 import { DecoderLM } from '@tsformer/model';
-import { AdamW, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
+import { AdamW, clipByGlobalNorm, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 
 const args = process.argv.slice(2);
 const arg = (name: string, dflt: string) => {
@@ -200,6 +205,48 @@ async function attentionTable(torch: Array<Record<string, unknown>>): Promise<vo
   }
 }
 
+/**
+ * Times each transpose combination of an n^3 product with tfjs's kernel and with our kernel's tile
+ * variants (workgroup order, K step; 128-blocks), prints the table, and routes each combination to
+ * the fastest (`setMatMulPolicy`) for the rest of the run (`--calibrate n`).
+ */
+async function calibrateMatMul(n: number): Promise<void> {
+  const tfjs = originalMatMul();
+  if (!tfjs || tf.getBackend() !== 'webgpu') return;
+  const a = tf.randomNormal([n, n]);
+  const b = tf.randomNormal([n, n]);
+  const variants: Array<[string, TileChoice]> = [
+    ['order n, bk 16', { block: 128, order: 'n', bk: 16 }],
+    ['order m, bk 16', { block: 128, order: 'm', bk: 16 }],
+    ['order n, bk 8', { block: 128, order: 'n', bk: 8 }],
+    ['order m, bk 8', { block: 128, order: 'm', bk: 8 }],
+  ];
+  const tflops = (ms: number) => (2 * n ** 3) / (ms * 1e9);
+  const policy: MatMulPolicy = {};
+  const lines: string[] = [];
+  for (const combo of ['nn', 'nt', 'tn', 'tt'] as MatMulCombo[]) {
+    const [tA, tB] = [combo[0] === 't', combo[1] === 't'];
+    const be = tf.backend() as unknown as Parameters<typeof runMatMul>[0];
+    const base = (await time(() => tf.engine().makeTensorFromTensorInfo(tfjs.kernelFunc({ inputs: { a, b }, backend: tf.backend(), attrs: { transposeA: tA, transposeB: tB } }) as tf.TensorInfo))).ms;
+    let best: [string, TileChoice | 'tfjs', number] = ['tfjs', 'tfjs', base];
+    const cells: string[] = [];
+    for (const [name, v] of variants) {
+      const ms = (await time(() => tf.engine().makeTensorFromTensorInfo(runMatMul(be, a, b, tA, tB, v)!))).ms;
+      cells.push(fmt(tflops(ms)));
+      if (ms < best[2]) best = [name, { order: v.order, bk: v.bk }, ms];
+    }
+    policy[combo] = best[1];
+    lines.push(`| ${combo} | ${fmt(tflops(base))} | ${cells.join(' | ')} | ${best[0]} |`);
+  }
+  tf.dispose([a, b]);
+  releasePool();
+  setMatMulPolicy(policy);
+  console.log(`\nmatmul calibration at n=${n} (TFLOP/s; 128-blocks), fastest chosen per transpose combination\n`);
+  console.log(`| A, B (n: as is, t: transposed) | tfjs-webgpu | ${variants.map(([v]) => `ours ${v}`).join(' | ')} | chosen |`);
+  console.log(`|---|---:|${variants.map(() => '---:').join('|')}|---|`);
+  for (const l of lines) console.log(l);
+}
+
 /** Square fp32 matmuls: this package's tiled kernel (the registered BatchMatMul) against tfjs's own. */
 async function matmulTable(torch: Array<Record<string, unknown>>): Promise<void> {
   if (matmulSizes === 'none') return;
@@ -260,6 +307,28 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
     console.log(`profile, model forward+backward (no optimizer): GPU ${p.kernelMs.toFixed(0)} ms; ${p.top}`);
     tf.dispose([ids, targets]);
   }
+  {
+    // one step in phases, each ended by a read-back: forward+backward, global-norm clip, AdamW
+    const ids = tf.tensor(batch.inputs, [b, T], 'int32');
+    const targets = tf.tensor(batch.targets, [b, T], 'int32');
+    const named = model.namedParameters();
+    const vars = named.map(([, p]) => p.variable);
+    const t0 = now();
+    const { value, grads } = tf.variableGrads(() => sparseCrossEntropy(model.forward(ids).logits, targets), vars);
+    await value.data();
+    const t1 = now();
+    const byName = new Map(named.map(([nm, p]) => [nm, grads[p.variable.name]!]));
+    const clipped = clipByGlobalNorm(byName, 1);
+    await clipped.norm.data();
+    const t2 = now();
+    const adamGpu = await tf.time(() => opt.apply(clipped.grads, 1e-4));
+    await vars[0]!.data();
+    const t3 = now();
+    console.log(
+      `step phases (wall, each to a read-back): forward+backward ${(t1 - t0).toFixed(0)} ms, clip ${(t2 - t1).toFixed(0)} ms, AdamW ${(t3 - t2).toFixed(0)} ms (GPU ${(adamGpu.kernelMs as number).toFixed(0)} ms, ${named.length} parameters)`,
+    );
+    tf.dispose([ids, targets, value, ...Object.values(grads), clipped.norm, ...clipped.grads.values()]);
+  }
   const steps = 3;
   const t0 = now();
   for (let i = 0; i < steps; i++) await step();
@@ -290,7 +359,7 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   console.log('|---|---:|---:|---:|---:|');
   if (peer) console.log(`| peer @genai-fi/nanogpt 1.3.0 (webgpu, its own kernels) | ${((n / peer) * 1000).toFixed(0)} | ${Math.round(peer)} | ${pt ? (peer / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | - |`);
   const vsPt = (tps: number) => (pt ? (tps / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-');
-  console.log(`| tsformer DecoderLM, webgpu, fused kernels + tiled matmul | ${ms.toFixed(0)} | ${Math.round(ours)} | ${vsPt(ours)} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
+  console.log(`| tsformer DecoderLM, ${backendName}${backendName === 'webgpu' ? ', fused kernels + tiled matmul' : ''} | ${ms.toFixed(0)} | ${Math.round(ours)} | ${vsPt(ours)} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
   if (msTfjsMatMul) console.log(`| tsformer DecoderLM, webgpu, fused kernels, tfjs's matmul | ${msTfjsMatMul.toFixed(0)} | ${Math.round((n / msTfjsMatMul) * 1000)} | ${vsPt((n / msTfjsMatMul) * 1000)} | - |`);
   releasePool();
   if (args.includes('--local-model')) {
@@ -412,6 +481,8 @@ async function main(): Promise<void> {
   const torch = torchFile && existsSync(torchFile) ? readFileSync(torchFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
   const tinfo = torch.find((r) => r.kind === 'info');
   if (tinfo) console.log(`torch ${tinfo.torch} on ${tinfo.device}`);
+  const cal = arg('calibrate', 'none');
+  if (cal !== 'none') await calibrateMatMul(Number(cal));
   await matmulTable(torch);
   releasePool();
   if (!args.includes('--no-attention')) await attentionTable(torch);

@@ -256,6 +256,7 @@ export interface MatMulCase {
   /** Force a block size and K step (run the kernel directly); default: tf.matMul through the registered kernel. */
   block?: 64 | 128;
   bk?: 8 | 16;
+  order?: 'n' | 'm';
 }
 
 /** Odd shapes (not multiples of the tiles, K below a tile step), transposes, batch broadcast. */
@@ -272,6 +273,8 @@ export function matMulCases(): MatMulCase[] {
     { a: [2, 131, 28], b: [28, 201], block: 64 },
     { a: [2, 131, 28], b: [201, 28], transB: true, block: 64, bk: 8 },
     { a: [37, 150], b: [37, 190], transA: true, block: 128, bk: 8 },
+    { a: [2, 300, 33], b: [2, 33, 270], block: 128, order: 'm' },
+    { a: [150, 70], b: [130, 150], transA: true, transB: true, block: 64, order: 'm' },
     { a: [1536, 24], b: [24, 1540] },
   ];
 }
@@ -287,8 +290,8 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   const onWebGpu = tf.getBackend() === 'webgpu';
   const ours = (tf.getKernel('BatchMatMul', 'webgpu') as { tsformer?: boolean } | undefined)?.tsformer === true;
   let y: tf.Tensor;
-  if (c.block && onWebGpu && shape) {
-    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bk: c.bk })!);
+  if ((c.block || c.order) && onWebGpu && shape) {
+    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bk: c.bk, order: c.order })!);
   } else y = tf.matMul(a, b, transA, transB);
   const [ha, hb, hy] = await Promise.all([a.data(), b.data(), y.data()]);
   const s = matMulShape(a, b, transA, transB)!;
@@ -316,7 +319,7 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   }
   const shapeOk = tf.util.arraysEqual(y.shape, s.outShape);
   tf.dispose([a, b, y]);
-  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bk ? ` bk ${c.bk}` : ''}`;
+  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bk ? ` bk ${c.bk}` : ''}${c.order ? ` order ${c.order}` : ''}`;
   return { name, fused: onWebGpu && ours && shapeOk && s.M >= 64 && s.N >= 64, errors: { out: Math.sqrt(num / Math.max(den, 1e-30)) }, ms: performance.now() - t0 };
 }
 

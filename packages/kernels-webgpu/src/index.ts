@@ -13,4 +13,16 @@ export { adamwUpdate, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWRe
 export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
 export { runChecks, checkAttention, checkMatMul, matMulCases, type CheckResult, type MatMulCase } from './checks.js';
-export { registerFastMatMul, runMatMul, matMulShape, matMulTiles, originalMatMul, type MatMulShape, type TileChoice } from './matmul.js';
+export {
+  registerFastMatMul,
+  runMatMul,
+  matMulShape,
+  matMulTiles,
+  matMulCombo,
+  setMatMulPolicy,
+  originalMatMul,
+  type MatMulShape,
+  type TileChoice,
+  type MatMulCombo,
+  type MatMulPolicy,
+} from './matmul.js';

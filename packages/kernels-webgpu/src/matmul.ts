@@ -31,6 +31,7 @@ export interface MatMulShape {
 }
 
 interface Tiles {
+  order: 'n' | 'm';
   BM: number;
   BN: number;
   BK: number;
@@ -48,18 +49,38 @@ export function matMulTiles(s: MatMulShape, limit: number, force: TileChoice = {
   const [BM, TM] = big ? [128, 8] : [64, 4];
   const bytes = (bk: number) => 2 * bk * (BM + BM) * 4 + 16; // two buffers of A and B slices, + wgShared
   const BK = force.bk ?? (bytes(16) <= limit ? 16 : 8);
-  return { BM, BN: BM, BK, TM, TN: TM };
+  return { BM, BN: BM, BK, TM, TN: TM, order: force.order ?? 'n' };
 }
 
-/** Forces a block size and K step (checks exercise every configuration). */
+/** Forces a block size, K step or workgroup order (checks exercise every configuration; calibration picks). */
 export interface TileChoice {
   block?: 64 | 128;
   bk?: 8 | 16;
+  /** Which block index runs fastest across consecutive workgroups: `n` (default; they share A's rows) or `m`. */
+  order?: 'n' | 'm';
+}
+
+/** The four transpose combinations of a product: `nt` is A @ B^T. */
+export type MatMulCombo = 'nn' | 'nt' | 'tn' | 'tt';
+
+/** Per combination: this package's kernel with a tile choice, or tfjs's own kernel. */
+export type MatMulPolicy = Partial<Record<MatMulCombo, TileChoice | 'tfjs'>>;
+
+const policy: MatMulPolicy = {};
+
+/** Sets how the registered BatchMatMul routes each transpose combination (default: ours, automatic tiles). */
+export function setMatMulPolicy(p: MatMulPolicy): void {
+  for (const k of ['nn', 'nt', 'tn', 'tt'] as const) delete policy[k];
+  Object.assign(policy, p);
+}
+
+export function matMulCombo(transA: boolean, transB: boolean): MatMulCombo {
+  return `${transA ? 't' : 'n'}${transB ? 't' : 'n'}` as MatMulCombo;
 }
 
 function program(s: MatMulShape, t: Tiles): KernelProgram {
   const { M, N, K, transA, transB } = s;
-  const { BM, BN, BK, TM, TN } = t;
+  const { BM, BN, BK, TM, TN, order } = t;
   const TX = BN / TN; // threads along n (16)
   const TY = BM / TM; // threads along m (16)
   const GM = TM / 4; // vec4 groups of rows per thread
@@ -167,7 +188,7 @@ function program(s: MatMulShape, t: Tiles): KernelProgram {
   const regDecl = [...Array.from({ length: aQuads }, (_, l) => `var ra${l} = vec4<f32>(0.0);`), ...Array.from({ length: bQuads }, (_, l) => `var rb${l} = vec4<f32>(0.0);`)].join(' ');
 
   return new KernelProgram({
-    key: `tsf_matmul_${s.batch}_${s.batchA}_${s.batchB}_${M}_${N}_${K}_${transA}_${transB}_${BM}x${BN}x${BK}_${TM}x${TN}`,
+    key: `tsf_matmul_${s.batch}_${s.batchA}_${s.batchB}_${M}_${N}_${K}_${transA}_${transB}_${BM}x${BN}x${BK}_${TM}x${TN}_${order}`,
     outputShape: [s.batch, M, N],
     inputs: ['A', 'B'],
     components: [vecA ? 4 : 1, vecB ? 4 : 1],
@@ -185,8 +206,9 @@ function program(s: MatMulShape, t: Tiles): KernelProgram {
         if (localIndex == 0u) { wgShared = wgIndex(); }
         let wg = workgroupUniformLoad(&wgShared);
         if (wg >= BATCH * TILES_M * TILES_N) { return; }
-        let n0 = (wg % TILES_N) * ${BN}u;
-        let m0 = ((wg / TILES_N) % TILES_M) * ${BM}u;
+        ${order === 'n' ? `let n0 = (wg % TILES_N) * ${BN}u;
+        let m0 = ((wg / TILES_N) % TILES_M) * ${BM}u;` : `let m0 = (wg % TILES_M) * ${BM}u;
+        let n0 = ((wg / TILES_M) % TILES_N) * ${BN}u;`}
         let b = wg / (TILES_N * TILES_M);
         let aOff = ${s.batchA === 1 ? '0u' : `b * ${M * K}u`};
         let bOff = ${s.batchB === 1 ? '0u' : `b * ${K * N}u`};
@@ -261,7 +283,8 @@ export function originalMatMul(): KernelConfig | undefined {
 /**
  * Replaces tfjs's webgpu BatchMatMul with one that runs this package's kernel on the shapes it
  * takes (float32, batch broadcast from one side, at least 64 output rows and columns: smaller
- * products leave most of a 64 x 64 block idle) and tfjs's kernel on the others. Idempotent.
+ * products leave most of a 64 x 64 block idle) and tfjs's kernel on the others, as `setMatMulPolicy`
+ * routes each transpose combination (default: this kernel, automatic tiles). Idempotent.
  */
 export function registerFastMatMul(): void {
   const current = tf.getKernel('BatchMatMul', 'webgpu');
@@ -272,8 +295,9 @@ export function registerFastMatMul(): void {
     const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
     const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
     const s = matMulShape(a, b, transposeA, transposeB);
-    if (!s || s.M < 64 || s.N < 64) return tfjsMatMul(args);
-    return runMatMul(args.backend as unknown as WebGpuBackendLike, a, b, transposeA, transposeB)!;
+    const route = policy[matMulCombo(transposeA, transposeB)] ?? {};
+    if (!s || s.M < 64 || s.N < 64 || route === 'tfjs') return tfjsMatMul(args);
+    return runMatMul(args.backend as unknown as WebGpuBackendLike, a, b, transposeA, transposeB, route)!;
   };
   tf.unregisterKernel('BatchMatMul', 'webgpu');
   tf.registerKernel(Object.assign({ kernelName: 'BatchMatMul', backendName: 'webgpu', kernelFunc }, { tsformer: true }));
