@@ -1,5 +1,5 @@
 import { tf, type Parameter } from '@tsformer/core';
-import { NonFiniteError, clipByGlobalNorm, sparseCrossEntropy, type Batch } from '@tsformer/train';
+import { NonFiniteError, batchLoss, clipByGlobalNorm, evaluate, type Batch } from '@tsformer/train';
 import type { LanguageModel } from './student.js';
 
 /** What applies gradients: `@tsformer/train`'s AdamW fits (built from the same named parameters). */
@@ -84,14 +84,8 @@ function clipGrouped(grads: ReadonlyMap<string, tf.Tensor>, maxNorm: number, gro
   return { grads: out, norm };
 }
 
-/** Mean next-token cross-entropy of `model` on a batch (a scalar; call inside a tidy or dispose it). */
-export function lmLoss(model: LanguageModel, b: Batch): tf.Scalar {
-  return tf.tidy(() => {
-    const ids = tf.tensor2d(b.inputs, [b.batchSize, b.seqLen], 'int32');
-    const targets = tf.tensor2d(b.targets, [b.batchSize, b.seqLen], 'int32');
-    return sparseCrossEntropy(model.forward(ids).logits, targets);
-  });
-}
+/** Mean next-token cross-entropy of `model` on a batch: `@tsformer/train`'s `batchLoss`, which takes any LanguageModel. */
+export const lmLoss = batchLoss;
 
 /** One language-modeling step (stage 2) over the model's trainable parameters. */
 export async function lmStep(model: LanguageModel, optimizer: Optimizer, micro: readonly Batch[], opts: { lr: number; clipGradNorm: number }): Promise<GradStepResult & { tokens: number }> {
@@ -100,23 +94,5 @@ export async function lmStep(model: LanguageModel, optimizer: Optimizer, micro: 
   return { ...r, tokens: micro.reduce((n, b) => n + b.batchSize * b.seqLen, 0) };
 }
 
-/** Mean loss and perplexity over fixed batches, in eval mode. Works for DecoderLM and StudentLM. */
-export async function lmEvaluate(model: LanguageModel, batches: Iterable<Batch>): Promise<{ loss: number; perplexity: number; batches: number }> {
-  const wasTraining = model.training;
-  model.eval();
-  let total = 0;
-  let n = 0;
-  try {
-    for (const b of batches) {
-      const l = lmLoss(model, b);
-      total += (await l.data())[0]!;
-      l.dispose();
-      n++;
-    }
-  } finally {
-    model.train(wasTraining);
-  }
-  if (n === 0) throw new Error('lmEvaluate: no batches');
-  const loss = total / n;
-  return { loss, perplexity: Math.exp(loss), batches: n };
-}
+/** Mean loss and perplexity over fixed batches, in eval mode: `@tsformer/train`'s `evaluate` (DecoderLM or StudentLM). */
+export const lmEvaluate = evaluate;
