@@ -22,7 +22,8 @@ export interface RunRow {
 /**
  * finished: summary.json says so (a distillation run: eval.json is there); running: train.lock names a live process; resumable: stopped before its
  * last step with a complete checkpoint (a step directory whose manifest parses) under
- * <run>/checkpoints; interrupted: stopped with none; no metrics: nothing logged yet.
+ * <run>/checkpoints, or its summary names the checkpoint it saved wherever checkpoint.dir points (S3);
+ * interrupted: stopped with none; no metrics: nothing logged yet.
  */
 export type RunStatus = 'finished' | 'interrupted' | 'resumable' | 'running' | 'no metrics';
 
@@ -112,15 +113,20 @@ function lockHeldByOther(lock: string): boolean {
 export function runStatus(runDir: string): RunStatus {
   if (lockHeldByOther(join(runDir, 'train.lock'))) return 'running';
   const summary = join(runDir, 'summary.json');
+  let savedElsewhere = false; // an interrupted run whose trainer reported a complete checkpoint (on S3, say)
   try {
-    if (existsSync(summary) && (JSON.parse(readFileSync(summary, 'utf8')) as { status: string }).status === 'finished') return 'finished';
+    if (existsSync(summary)) {
+      const sm = JSON.parse(readFileSync(summary, 'utf8')) as { status: string; lastCheckpoint?: string };
+      if (sm.status === 'finished') return 'finished';
+      savedElsewhere = sm.status === 'interrupted' && typeof sm.lastCheckpoint === 'string';
+    }
   } catch {
     // a summary cut short: treated as absent
   }
   // a distillation run writes eval.json after its last stage
   if (existsSync(join(runDir, 'eval.json'))) return 'finished';
   if (!existsSync(join(runDir, 'metrics.jsonl'))) return 'no metrics';
-  return hasCompleteCheckpoint(runDir) ? 'resumable' : 'interrupted';
+  return savedElsewhere || hasCompleteCheckpoint(runDir) ? 'resumable' : 'interrupted';
 }
 
 /** One row per run directory under `runsDir`: what it is, how far it got, its validation loss. */

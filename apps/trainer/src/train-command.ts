@@ -48,6 +48,8 @@ export interface TrainSummary {
   wallSeconds: number;
   sample?: string;
   backend: string;
+  /** The newest complete checkpoint this process saved (local path or s3:// URI), if any. */
+  lastCheckpoint?: string;
 }
 
 export function runDirOf(config: RunConfig): string {
@@ -309,6 +311,7 @@ export async function trainCommand(o: TrainOptions): Promise<TrainSummary> {
       wallSeconds,
       backend: backend.name,
     };
+    if (writer.lastSaved !== undefined) summary.lastCheckpoint = `${store.location}/${stepDirName(writer.lastSaved)}`;
     if (!result.interrupted) {
       const prompt = tokenizer.encode(config.sample.prompt);
       const tokens = await generate(model, prompt, {

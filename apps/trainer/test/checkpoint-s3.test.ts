@@ -47,6 +47,8 @@ describe('checkpoints on S3', () => {
     expect(first.text).not.toMatch(/error|warning/);
     expect(first.code).toBe(0);
     expect(first.text).toMatch(/stopped at step 3; checkpoint s3:\/\/tsformer-test\/fresh\/step-00000003 is complete/);
+    // nothing local, yet `tsformer runs` knows the run can be resumed (its summary names the S3 step)
+    expect((await cli('runs', b.runs)).text).toMatch(/\| tiny \|.*\| resumable \|/);
     const store = s3Store(server, 'fresh');
     const listed = await store.list('step-00000003/');
     expect(listed).toContain('step-00000003/model.safetensors.index.json');

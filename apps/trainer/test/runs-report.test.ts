@@ -41,6 +41,11 @@ describe('tsformer runs and report', () => {
     run(root, 'bare', {});
     run(root, 'stale-lock', { checkpoint: 'complete', lock: 2 ** 22 + 12345 }); // no such process
     run(root, 'live', { lock: process.ppid });
+    // checkpoints on S3: nothing local, but the trainer's summary names the complete step it saved
+    const s3 = run(root, 's3', {});
+    writeFileSync(join(s3, 'summary.json'), JSON.stringify({ status: 'interrupted', step: 20, lastCheckpoint: 's3://bucket/runs/s3/step-00000020' }));
+    const s3none = run(root, 's3-none', {});
+    writeFileSync(join(s3none, 'summary.json'), JSON.stringify({ status: 'interrupted', step: 20 }));
     const byName = Object.fromEntries(listRuns(root).map((r) => [r.name, r]));
     expect(Object.fromEntries(Object.entries(byName).map(([k, r]) => [k, r.status]))).toEqual({
       bare: 'interrupted',
@@ -48,6 +53,8 @@ describe('tsformer runs and report', () => {
       live: 'running',
       partial: 'interrupted',
       resumable: 'resumable',
+      s3: 'resumable',
+      's3-none': 'interrupted',
       'stale-lock': 'resumable',
     });
     // the resumed step 20 counts once, with its later numbers
