@@ -13,6 +13,27 @@ import { convertBuilder, convertHandler } from './convert.js';
 import { distillCommand, mergeLoraCommand, type DistillStage } from './distill-command.js';
 import { consoleOut, type Out } from './out.js';
 
+/**
+ * Runs a long command with SIGINT/SIGTERM turned into an abort signal: the first finishes the current
+ * step and saves a checkpoint, a second exits at once (130). Handlers are removed afterwards.
+ */
+async function withStopSignals<T>(run: (signal: AbortSignal) => Promise<T>, out: Out): Promise<T> {
+  const controller = new AbortController();
+  const onSignal = (sig: string) => {
+    if (controller.signal.aborted) process.exit(130);
+    out.warn(`\n${sig}: finishing this step and saving a checkpoint (send again to quit at once)`);
+    controller.abort(sig);
+  };
+  const onInt = () => onSignal('SIGINT');
+  const onTerm = () => onSignal('SIGTERM');
+  process.on('SIGINT', onInt).on('SIGTERM', onTerm);
+  try {
+    return await run(controller.signal);
+  } finally {
+    process.off('SIGINT', onInt).off('SIGTERM', onTerm);
+  }
+}
+
 /** `--checkpoint.a.b v` flags (parsed by yargs into `{ a: { b: v } }`) as `checkpoint.a.b=v` overrides. */
 function checkpointFlags(value: unknown, prefix = 'checkpoint'): string[] {
   if (value === undefined) return [];
@@ -59,28 +80,18 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
           .option('backend', backendOpt)
           .option('stop-at', { type: 'number', describe: 'stop with a checkpoint at this step (resume later with --resume auto)' }),
       async (a) => {
-        const controller = new AbortController();
-        const onSignal = (sig: string) => {
-          if (controller.signal.aborted) process.exit(130);
-          out.warn(`\n${sig}: finishing this step and saving a checkpoint (send again to quit at once)`);
-          controller.abort(sig);
-        };
-        const onInt = () => onSignal('SIGINT');
-        const onTerm = () => onSignal('SIGTERM');
-        process.on('SIGINT', onInt).on('SIGTERM', onTerm);
-        try {
-          await trainCommand({
+        await withStopSignals((signal) =>
+          trainCommand({
             config: a.config,
             overrides: [...(a.overrides ?? []).map(String), ...checkpointFlags(a.checkpoint)],
             resume: a.resume,
             backend: a.backend as BackendName | undefined,
             stopAt: a['stop-at'],
             out,
-            signal: controller.signal,
-          });
-        } finally {
-          process.off('SIGINT', onInt).off('SIGTERM', onTerm);
-        }
+            signal,
+          }),
+          out,
+        );
       },
     )
     .command(
@@ -237,17 +248,8 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
           .option('backend', backendOpt)
           .option('stop-at', { type: 'number', describe: 'stop the running stage with a checkpoint at this step (continue with --resume auto)' }),
       async (a) => {
-        const controller = new AbortController();
-        const onSignal = (sig: string) => {
-          if (controller.signal.aborted) process.exit(130);
-          out.warn(`\n${sig}: finishing this step and saving a checkpoint (send again to quit at once)`);
-          controller.abort(sig);
-        };
-        const onInt = () => onSignal('SIGINT');
-        const onTerm = () => onSignal('SIGTERM');
-        process.on('SIGINT', onInt).on('SIGTERM', onTerm);
-        try {
-          await distillCommand({
+        await withStopSignals((signal) =>
+          distillCommand({
             config: a.config,
             overrides: [...(a.overrides ?? []).map(String), ...checkpointFlags(a.checkpoint)],
             stage: a.stage as DistillStage,
@@ -256,11 +258,10 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
             backend: a.backend as BackendName | undefined,
             stopAt: a['stop-at'],
             out,
-            signal: controller.signal,
-          });
-        } finally {
-          process.off('SIGINT', onInt).off('SIGTERM', onTerm);
-        }
+            signal,
+          }),
+          out,
+        );
       },
     )
     .command(
