@@ -1,5 +1,6 @@
 import { tf } from './tf.js';
 import { TsformerError } from './errors.js';
+import { installFastUploads } from './webgpu-upload.js';
 
 export const BACKENDS = ['auto', 'cpu', 'wasm', 'webgpu', 'tensorflow'] as const;
 export type BackendName = (typeof BACKENDS)[number];
@@ -160,7 +161,10 @@ function installWebGpuFactory(adapter: GPUAdapterLike, mod: WebGpuModule): void 
         webgpuLogged = true;
         console.info(`tsformer: webgpu on ${describeAdapter(adapter)}; limits ${JSON.stringify(requiredLimits)}`);
       }
-      return new mod.WebGPUBackend(device, adapter.info) as tf.KernelBackend;
+      const backend = new mod.WebGPUBackend(device, adapter.info);
+      // host-made tensors reach the GPU through queue.writeBuffer (see webgpu-upload.ts)
+      if (!installFastUploads(backend)) console.warn('tsformer: this tfjs-backend-webgpu has unexpected internals; host uploads stay on its own path');
+      return backend as tf.KernelBackend;
     },
     3,
   );

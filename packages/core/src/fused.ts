@@ -31,6 +31,10 @@ export interface FusedOps {
       alibiSlopes?: ArrayLike<number>;
     },
   ) => tf.Tensor | undefined;
+  /** (x - mean) / sqrt(var + eps) * weight (+ bias) over the last axis (LayerNorm). */
+  layerNorm: (x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | undefined, eps: number) => tf.Tensor | undefined;
+  /** GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), elementwise. */
+  gelu: (x: tf.Tensor) => tf.Tensor | undefined;
   /** x / sqrt(mean(x^2) + eps) * weight over the last axis, times silu(gate) when gated. */
   rmsNorm: (x: tf.Tensor, weight: tf.Tensor, eps: number, gate?: tf.Tensor) => tf.Tensor | undefined;
   /** Rotary embedding of x [B, T, H, D] with tables cos, sin [T, R/2] (R <= D; the rest passes through). */
@@ -45,6 +49,36 @@ export interface FusedOps {
     g: tf.Tensor,
     h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
   ) => { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } | undefined;
+  /**
+   * Chunked gated linear attention (`@tsformer/ops` `glaChunk`): q, k, g [B, T, H, K] (g: log
+   * gates <= 0), v [B, T, H, V] -> o [B, T, H, V], with S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T
+   * and o_t = S_t^T (scale q_t); `initialState` [B, H, K, V] (default zeros); the state after the
+   * last token when `outputFinalState`. `chunkSize` is the composite's; a kernel may use its own.
+   * Differentiable in q, k, v, g and the initial state.
+   */
+  glaChunk: (
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    g: tf.Tensor,
+    opts: { scale: number; chunkSize: number; initialState?: tf.Tensor; outputFinalState: boolean },
+  ) => { o: tf.Tensor; finalState?: tf.Tensor } | undefined;
+  /**
+   * Chunked DeltaNet (`g` undefined) and Gated DeltaNet (`@tsformer/ops` `deltaChunk`,
+   * `gatedDeltaChunk`): q, k [B, T, H, K] (L2-normalized by the layer), v [B, T, H, V], beta [B, T, H],
+   * g [B, T, H] (log decay <= 0) -> o [B, T, H, V] and the state after the last token [B, H, K, V],
+   * with S_t = (I - beta_t k_t k_t^T) exp(g_t) S_{t-1} + beta_t k_t v_t^T and o_t = scale S_t^T q_t;
+   * `initialState` [B, H, K, V] (default zeros). `chunkSize` is the composite's; a kernel may use its
+   * own. Differentiable in q, k, v, beta, g and the initial state, through o and the final state.
+   */
+  deltaChunk: (
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    beta: tf.Tensor,
+    g: tf.Tensor | undefined,
+    opts: { scale: number; chunkSize: number; initialState?: tf.Tensor },
+  ) => { o: tf.Tensor; finalState: tf.Tensor } | undefined;
 }
 
 export type FusedName = keyof FusedOps;

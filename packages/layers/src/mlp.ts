@@ -1,4 +1,4 @@
-import { Module, tf, type Rng } from '@tsformer/core';
+import { Module, fused, tf, type Rng } from '@tsformer/core';
 import { Linear } from './linear.js';
 
 export interface MlpOptions {
@@ -47,6 +47,9 @@ export class GeluMlp extends Module {
 
 /** gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
 export function gelu(x: tf.Tensor): tf.Tensor {
+  // the fused kernel where one is registered for the active backend (webgpu), else tfjs ops
+  const f = fused('gelu')?.(x);
+  if (f) return f;
   return tf.tidy(() => {
     const inner = x.add(x.pow(3).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
     return x.mul(inner.tanh().add(1)).mul(0.5);

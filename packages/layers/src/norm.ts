@@ -39,6 +39,9 @@ export class LayerNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
+    // the fused kernel where one is registered for the active backend (webgpu), else tfjs ops
+    const f = fused('layerNorm')?.(x, this.weight, this.bias, this.eps);
+    if (f) return f;
     return tf.tidy(() => {
       const { mean, variance } = tf.moments(x, -1, true); // [..., 1] each
       let y = x.sub(mean).mul(variance.add(this.eps).rsqrt()).mul(this.weight);

@@ -1,0 +1,186 @@
+/**
+ * Where the host time of a webgpu training step goes (issue 7). Runs on the lent H100 through the kit:
+ *
+ *   node scripts/bench/bundle-gpu.mjs scripts/bench/gpu-host.ts
+ *   device: NODE_OPTIONS="--cpu-prof --cpu-prof-dir=$OUT/prof" bash .gpu/run.sh gpu-host.mjs [--gpt2 8x512] [--dawn TOGGLES] [--batch-size N]
+ *
+ * Prints (1) the host cost of single dispatches (a tfjs binary op, a scalar op that uploads its
+ * scalar, a reshape that dispatches nothing), timed as the wall time to enqueue N of them and then
+ * to drain the queue; (2) for a GPT-2-small-shaped DecoderLM step: the dispatches per step by
+ * program, the uploads from the host, buffers created, queue submits, and the wall time spent
+ * inside tfjs's runWebGPUProgram against the whole step.
+ */
+// bundled statically: a bundle cannot import the backend module by name at run time
+import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
+import { Rng, selectBackend, tf } from '@tsformer/core';
+import { registerWebGpuKernels } from '@tsformer/kernels-webgpu';
+import { DecoderLM } from '@tsformer/model';
+import { AdamW, trainStep, type Batch } from '@tsformer/train';
+
+const args = process.argv.slice(2);
+const arg = (name: string, dflt: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 && args[i + 1] ? args[i + 1]! : dflt;
+};
+const [b, T] = arg('gpt2', '8x512').split('x').map(Number) as [number, number];
+const [L, dModel, heads, vocab] = arg('model', '12,768,12,50257').split(',').map(Number) as [number, number, number, number];
+const dawnToggles = arg('dawn', '');
+const submitBatch = Number(arg('batch-size', '0'));
+const now = () => performance.now();
+
+if (dawnToggles) {
+  // navigator.gpu made here (before selectBackend) carries Dawn toggles, e.g. skip_validation
+  const dawn = (await import('webgpu')) as unknown as { create(o: string[]): unknown; globals: object };
+  Object.assign(globalThis, dawn.globals);
+  const g = globalThis as { navigator?: { gpu?: unknown } };
+  g.navigator ??= {};
+  Object.defineProperty(g.navigator, 'gpu', { value: dawn.create([`enable-dawn-features=${dawnToggles}`]), configurable: true });
+}
+const info = await selectBackend('webgpu', { webgpuModule });
+registerWebGpuKernels();
+if (submitBatch > 0) tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch);
+console.log(`backend ${info.name} (${info.detail}); dawn toggles '${dawnToggles}'; submit batch ${tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE')}`);
+
+interface Counters {
+  dispatches: number;
+  programMs: number;
+  uploads: number;
+  uploadBytes: number;
+  submits: number;
+  buffers: number;
+  byProgram: Map<string, number>;
+}
+const c: Counters = { dispatches: 0, programMs: 0, uploads: 0, uploadBytes: 0, submits: 0, buffers: 0, byProgram: new Map() };
+const reset = () => Object.assign(c, { dispatches: 0, programMs: 0, uploads: 0, uploadBytes: 0, submits: 0, buffers: 0, byProgram: new Map() });
+
+// Instrument the backend instance (methods of tfjs-backend-webgpu 4.22's WebGPUBackend).
+type Fn = (...a: unknown[]) => unknown;
+const be = tf.backend() as unknown as Record<string, Fn> & {
+  tensorMap: { get(id: object): { values: unknown; resource: unknown; shape: number[] } };
+  bufferManager: { device: Record<string, Fn> };
+  device: Record<string, Fn>;
+};
+const run0 = be.runWebGPUProgram!.bind(be);
+be.runWebGPUProgram = (...a: unknown[]) => {
+  const t0 = now();
+  const program = a[0] as { constructor: { name: string } };
+  const r = run0(...a);
+  c.programMs += now() - t0;
+  c.dispatches++;
+  const name = program.constructor.name;
+  c.byProgram.set(name, (c.byProgram.get(name) ?? 0) + 1);
+  return r;
+};
+const up0 = be.uploadToGPU!.bind(be);
+be.uploadToGPU = (id: unknown) => {
+  const d = be.tensorMap.get(id as object);
+  if (d.resource == null && d.values != null) {
+    c.uploads++;
+    c.uploadBytes += 4 * d.shape.reduce((x, y) => x * y, 1);
+  }
+  return up0(id);
+};
+const sub0 = be.submitQueue!.bind(be);
+be.submitQueue = () => {
+  c.submits++;
+  return sub0();
+};
+const dev = be.device;
+const cb0 = dev.createBuffer!.bind(dev);
+try {
+  dev.createBuffer = (d: unknown) => {
+    c.buffers++;
+    return cb0(d);
+  };
+} catch {
+  console.log('(could not count createBuffer on this device object)');
+}
+
+async function drain(): Promise<void> {
+  const s = tf.tidy(() => tf.scalar(0).add(1));
+  await s.data();
+  s.dispose();
+}
+
+/** Host ms per call to enqueue n calls of f, and ms per call until the GPU is done. */
+async function perCall(name: string, n: number, f: () => void): Promise<void> {
+  tf.tidy(f);
+  await drain();
+  reset();
+  const t0 = now();
+  tf.tidy(() => {
+    for (let i = 0; i < n; i++) f();
+  });
+  const t1 = now();
+  await drain();
+  const t2 = now();
+  console.log(
+    `| ${name} | ${(((t1 - t0) / n) * 1000).toFixed(1)} | ${(((t2 - t0) / n) * 1000).toFixed(1)} | ${(c.dispatches / n).toFixed(2)} | ${(c.uploads / n).toFixed(2)} | ${(c.buffers / n).toFixed(2)} | ${(c.submits / n).toFixed(3)} |`,
+  );
+}
+
+const x = tf.randomNormal([1024]);
+const y = tf.randomNormal([1024]);
+const big = tf.randomNormal([8 * 512 * 768]);
+console.log('\n| op | host µs/op (enqueue) | µs/op (to done) | dispatches/op | uploads/op | buffers/op | submits/op |\n|---|---:|---:|---:|---:|---:|---:|');
+await perCall('add [1024]', 3000, () => void tf.add(x, y));
+await perCall('add [1024], results kept to the end of the tidy', 3000, () => void x.add(y));
+await perCall('mul by a JS number [1024] (scalar upload)', 3000, () => void x.mul(0.5));
+await perCall('reshape (no dispatch)', 3000, () => void x.reshape([32, 32]));
+await perCall('add [8*512*768]', 500, () => void tf.add(big, big));
+tf.dispose([x, y, big]);
+
+const rng = Rng.seeded(1);
+const model = new DecoderLM(
+  {
+    vocabSize: vocab,
+    dModel,
+    nLayers: L,
+    maxSeqLen: T,
+    attention: { type: 'mha', numHeads: heads },
+    positional: { type: 'rope', theta: 10000 },
+    norm: { type: 'layernorm' },
+    mlp: { type: 'gelu' },
+    tieEmbeddings: true,
+  },
+  { rng },
+);
+const opt = new AdamW(model.namedParameters(), { type: 'adamw', lr: 1e-4, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.1 });
+const n = b * T;
+const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(vocab)), targets: new Int32Array(n).map(() => rng.int(vocab)), batchSize: b, seqLen: T };
+const step = () => trainStep(model, opt, [batch], { lr: 1e-4, clipGradNorm: 1 });
+await step();
+await step();
+reset();
+const steps = 3;
+const t0 = now();
+for (let i = 0; i < steps; i++) await step();
+const ms = (now() - t0) / steps;
+console.log(`\nGPT-2-small-shaped step (${L} layers, d=${dModel}, T=${T}, batch ${b}): ${ms.toFixed(0)} ms/step, ${Math.round((n / ms) * 1000)} tokens/s`);
+console.log(
+  `per step: ${c.dispatches / steps} dispatches (${(c.programMs / steps).toFixed(0)} ms inside runWebGPUProgram, ${((c.programMs / c.dispatches) * 1000).toFixed(0)} µs each), ${c.uploads / steps} uploads (${(c.uploadBytes / steps / 1024).toFixed(0)} KiB), ${c.buffers / steps} buffers created, ${c.submits / steps} submits`,
+);
+console.log(
+  'dispatches per step by program: ' +
+    [...c.byProgram]
+      .sort((p, q) => q[1] - p[1])
+      .map(([k, v]) => `${k} ${v / steps}`)
+      .join(', '),
+);
+// the same step's phases, host wall each (no read-back between them except the step's own)
+{
+  reset();
+  const ids = tf.tensor(batch.inputs, [b, T], 'int32');
+  const vars = model.namedParameters().map(([, p]) => p.variable);
+  const tA = now();
+  const { value, grads } = tf.variableGrads(() => model.forward(ids).logits.mean() as tf.Scalar, vars);
+  const tB = now();
+  const d1 = c.dispatches;
+  await value.data();
+  const tC = now();
+  console.log(`forward+backward (logits.mean loss): enqueue ${(tB - tA).toFixed(0)} ms for ${d1} dispatches (${(((tB - tA) / d1) * 1000).toFixed(0)} µs each), then ${(tC - tB).toFixed(0)} ms until done`);
+  tf.dispose([ids, value, ...Object.values(grads)]);
+}
+model.dispose();
+opt.dispose();
+console.log(`tensors left: ${tf.memory().numTensors}`);
