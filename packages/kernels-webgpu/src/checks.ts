@@ -1,4 +1,4 @@
-import { tf } from '@tsformer/core';
+import { fused, tf } from '@tsformer/core';
 import { FLASH_ATTENTION, flashAttention, flashAttentionComposite, type FlashAttentionOptions } from './attention.js';
 import { kernelActive } from './program.js';
 import { RMS_NORM, rmsNorm, rmsNormComposite } from './rmsnorm.js';
@@ -7,6 +7,7 @@ import { ADAMW, adamwUpdate, adamwUpdateComposite, type AdamWHyper } from './ada
 import { SPARSE_XENT, sparseCrossEntropy, sparseCrossEntropyComposite } from './xent.js';
 import { matMulShape, runMatMul } from './matmul.js';
 import type { WebGpuBackendLike } from './program.js';
+import { deltaChunk, deltaChunkComposite, gatedDeltaChunk, gatedDeltaChunkComposite, type DeltaResult } from '@tsformer/ops';
 
 /**
  * Kernel checks: each fused kernel against its composite definition, on the backend now active,
@@ -323,6 +324,92 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   return { name, fused: onWebGpu && ours && shapeOk && s.M >= 64 && s.N >= 64, errors: { out: Math.sqrt(num / Math.max(den, 1e-30)) }, ms: performance.now() - t0 };
 }
 
+export interface DeltaCase {
+  B: number;
+  T: number;
+  H: number;
+  K: number;
+  V: number;
+  /** Gated DeltaNet (with g) or DeltaNet. */
+  gated: boolean;
+  /** The composite's chunk size (default 64); the kernel takes min(it, 64, T). */
+  chunkSize?: number;
+  /** Pass a random initial state (and check its gradient). */
+  initialState: boolean;
+  /** g = -decay * softplus(N(0, 1)) per step (gated only). */
+  decay?: number;
+  /** beta = betaMax * sigmoid(N(0, 1)): 1 or 2 (negative eigenvalues). Default 1. */
+  betaMax?: number;
+}
+
+export function deltaCaseName(c: DeltaCase): string {
+  const parts = [`B${c.B} T${c.T} H${c.H} K${c.K} V${c.V}`, `C${c.chunkSize ?? 64}`];
+  if (c.gated) parts.push(`decay ${c.decay ?? 1}`);
+  if (c.initialState) parts.push('S0');
+  if (c.betaMax === 2) parts.push('beta<2');
+  return `${c.gated ? 'gated deltanet' : 'deltanet'} ${parts.join(' ')}`;
+}
+
+/**
+ * DeltaNet and Gated DeltaNet cases; `scale` multiplies T. Ragged T (not a multiple of the chunk),
+ * a sequence shorter than one chunk, B*H > 1, value tiles (V > 16), strong decay.
+ */
+export function deltaCases(scale = 1): DeltaCase[] {
+  const T = (t: number) => t * scale;
+  return [
+    { B: 2, T: T(45), H: 2, K: 16, V: 8, gated: false, chunkSize: 16, initialState: true },
+    { B: 1, T: T(70), H: 2, K: 32, V: 24, gated: true, decay: 3, initialState: false },
+    { B: 2, T: T(37), H: 2, K: 12, V: 20, gated: true, decay: 0.3, chunkSize: 16, initialState: true, betaMax: 2 },
+    { B: 1, T: T(29), H: 2, K: 8, V: 4, gated: false, initialState: false },
+  ];
+}
+
+/**
+ * `deltaChunk` / `gatedDeltaChunk` of @tsformer/ops (through the fused registry, so the kernels run
+ * on webgpu) against their composite forms: o, the final state, and the gradients of
+ * sum(o * w1) + sum(finalState * w2) with respect to every input. `fused`: the registry's hook took
+ * these inputs (else the composite ran on both sides).
+ */
+export async function checkDelta(c: DeltaCase, seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const { B, T, H, K, V } = c;
+  const l2 = (x: tf.Tensor) => x.div(x.square().sum(-1, true).sqrt()); // per head, over K
+  const q = tf.tidy(() => l2(randn([B, T, H, K], seed)));
+  const k = tf.tidy(() => l2(randn([B, T, H, K], seed + 1)));
+  const v = randn([B, T, H, V], seed + 2);
+  const beta = tf.tidy(() => tf.sigmoid(randn([B, T, H], seed + 3)).mul(c.betaMax ?? 1));
+  const g = c.gated ? tf.tidy(() => tf.softplus(randn([B, T, H], seed + 4)).mul(-(c.decay ?? 1))) : undefined;
+  const s0 = c.initialState ? randn([B, H, K, V], seed + 5) : undefined;
+  const xs = [q, k, v, beta, ...(g ? [g] : []), ...(s0 ? [s0] : [])];
+  const names = ['q', 'k', 'v', 'beta', ...(g ? ['g'] : []), ...(s0 ? ['initialState'] : [])];
+  const call = (composite: boolean) => (a: tf.Tensor[]): DeltaResult => {
+    const [qq, kk, vv, bb] = a as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+    const gg = g ? a[4] : undefined;
+    const opts = { chunkSize: c.chunkSize, initialState: s0 ? a[a.length - 1] : undefined };
+    if (gg) return composite ? gatedDeltaChunkComposite(qq, kk, vv, bb, gg, opts) : gatedDeltaChunk(qq, kk, vv, bb, gg, opts);
+    return composite ? deltaChunkComposite(qq, kk, vv, bb, opts) : deltaChunk(qq, kk, vv, bb, opts);
+  };
+  const probe = fused('deltaChunk')?.(q, k, v, beta, g, { scale: 1 / Math.sqrt(K), chunkSize: c.chunkSize ?? 64, initialState: s0 });
+  if (probe) tf.dispose([probe.o, probe.finalState]);
+  const w1 = randn([B, T, H, V], seed + 6);
+  const w2 = randn([B, H, K, V], seed + 7);
+  const errors: Record<string, number> = {};
+  const got = call(false)(xs);
+  const want = call(true)(xs);
+  errors.o = await relRms(got.o, want.o);
+  errors.finalState = await relRms(got.finalState, want.finalState);
+  tf.dispose([got.o, got.finalState, want.o, want.finalState]);
+  const loss = (composite: boolean) => (...a: tf.Tensor[]) => {
+    const r = call(composite)(a);
+    return tf.add(tf.sum(tf.mul(r.o, w1)), tf.sum(tf.mul(r.finalState, w2))) as tf.Scalar;
+  };
+  const gf = tf.grads(loss(false))(xs);
+  const gc = tf.grads(loss(true))(xs);
+  for (let i = 0; i < xs.length; i++) errors[`d${names[i]}`] = await relRms(gf[i]!, gc[i]!);
+  tf.dispose([...gf, ...gc, ...xs, w1, w2]);
+  return { name: deltaCaseName(c), fused: probe !== undefined, errors, ms: performance.now() - t0 };
+}
+
 /** Every check, in order. */
 export async function runChecks(opts: { scale?: number; seed?: number; log?: (r: CheckResult) => void } = {}): Promise<CheckResult[]> {
   const seed = opts.seed ?? (Date.now() % 1_000_000);
@@ -343,5 +430,6 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   push(await checkSum(3, 100_000 * k, seed + 10 * n++));
   push(await checkAddN(40, 1000 * k, seed + 10 * n++));
   for (const c of matMulCases()) push(await checkMatMul(c, seed + 10 * n++));
+  for (const c of deltaCases(k)) push(await checkDelta(c, seed + 10 * n++));
   return out;
 }

@@ -12,7 +12,18 @@ export { rope, ropeComposite, ROPE, type RopeLayout } from './rope.js';
 export { adamwUpdate, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult } from './adamw.js';
 export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
+export {
+  deltaChunkKernels,
+  deltaKernelSupported,
+  registerDelta,
+  DELTA_SOLVE,
+  DELTA_RECUR,
+  DELTA_RECUR_GRAD,
+  DELTA_MAX_DIM,
+  type DeltaKernelOptions,
+} from './delta.js';
 export { runChecks, checkAttention, checkMatMul, matMulCases, type CheckResult, type MatMulCase } from './checks.js';
+export { checkDelta, deltaCases, type DeltaCase } from './checks.js';
 export {
   registerFastMatMul,
   runMatMul,

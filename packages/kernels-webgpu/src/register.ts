@@ -7,6 +7,7 @@ import { SPARSE_XENT, registerSparseCrossEntropy, sparseCrossEntropy } from './x
 import { registerChunkedAddN, registerFastSum } from './reduce.js';
 import { registerFastMatMul } from './matmul.js';
 import { kernelActive } from './program.js';
+import { deltaChunkKernels, deltaKernelsActive, registerDelta } from './delta.js';
 
 /**
  * Registers every fused kernel of this package for the `webgpu` backend (and their gradients), and
@@ -23,6 +24,7 @@ export function registerWebGpuKernels(): void {
   registerFastSum();
   registerChunkedAddN();
   registerFastMatMul();
+  registerDelta();
   registerModelHooks();
 }
 
@@ -36,4 +38,5 @@ function registerModelHooks(): void {
   registerFused('rope', (x, cos, sin, layout) => (kernelActive(ROPE) ? rope(x, cos, sin, layout) : undefined));
   registerFused('sparseCrossEntropy', (logits, targets) => (kernelActive(SPARSE_XENT) ? sparseCrossEntropy(logits, targets) : undefined));
   registerFused('adamw', (p, m, v, g, h) => (kernelActive(ADAMW) ? adamwUpdate(p, m, v, g, h) : undefined));
+  registerFused('deltaChunk', (q, k, v, beta, g, o) => (deltaKernelsActive(q.shape[3]!, v.shape[3]!) ? deltaChunkKernels(q, k, v, beta, g, o) : undefined));
 }

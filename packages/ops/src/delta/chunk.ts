@@ -13,12 +13,20 @@
  *   O = scale (gamma o Q) S + scale (tril(Q K^T) o D) U
  *   S <- gamma_C S + (K o exp(G_C - G))^T U
  */
-import { matMul, tf, TsformerError } from '@tsformer/core';
+import { fused, matMul, tf, TsformerError } from '@tsformer/core';
 import { checkDeltaInputs, readoutScale, splitAll, type DeltaChunkOptions, type DeltaResult } from './types.js';
 
 /** DeltaNet, chunked. q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]. */
 export function deltaChunk(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, beta: tf.Tensor, opts: DeltaChunkOptions = {}): DeltaResult {
   return chunked('deltaChunk', q, k, v, beta, undefined, opts);
+}
+
+/**
+ * `deltaChunk` as plain tfjs ops, whatever the backend (no fused kernel): the definition the
+ * kernels are checked against. Same arguments and result as `deltaChunk`.
+ */
+export function deltaChunkComposite(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, beta: tf.Tensor, opts: DeltaChunkOptions = {}): DeltaResult {
+  return chunkedComposite('deltaChunk', q, k, v, beta, undefined, opts);
 }
 
 /** Gated DeltaNet, chunked; g: [B, T, H] is the log decay (g <= 0). */
@@ -33,7 +41,47 @@ export function gatedDeltaChunk(
   return chunked('gatedDeltaChunk', q, k, v, beta, g, opts);
 }
 
+/** `gatedDeltaChunk` as plain tfjs ops, whatever the backend (the kernels' oracle). */
+export function gatedDeltaChunkComposite(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  beta: tf.Tensor,
+  g: tf.Tensor,
+  opts: DeltaChunkOptions = {},
+): DeltaResult {
+  return chunkedComposite('gatedDeltaChunk', q, k, v, beta, g, opts);
+}
+
+/** A fused kernel where one is registered for the active backend (webgpu) and takes the shapes, else the composite. */
 function chunked(
+  op: string,
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  beta: tf.Tensor,
+  g: tf.Tensor | undefined,
+  opts: DeltaChunkOptions,
+): DeltaResult {
+  const kernel = fused('deltaChunk');
+  if (kernel) {
+    const { K } = checkDeltaInputs(op, q, k, v, beta, g, opts.initialState);
+    const chunkSize = chunkSizeOf(op, opts);
+    const r = kernel(q, k, v, beta, g, { scale: readoutScale(op, K, opts.scale), chunkSize, initialState: opts.initialState });
+    if (r) return r;
+  }
+  return chunkedComposite(op, q, k, v, beta, g, opts);
+}
+
+function chunkSizeOf(op: string, opts: DeltaChunkOptions): number {
+  const chunkSize = opts.chunkSize ?? 64;
+  if (!Number.isInteger(chunkSize) || chunkSize < 1) {
+    throw new TsformerError(`${op}: chunkSize must be a positive integer, got ${chunkSize}`, 'config');
+  }
+  return chunkSize;
+}
+
+function chunkedComposite(
   op: string,
   q: tf.Tensor,
   k: tf.Tensor,
@@ -44,10 +92,7 @@ function chunked(
 ): DeltaResult {
   const { B, T, H, K, V } = checkDeltaInputs(op, q, k, v, beta, g, opts.initialState);
   const scale = readoutScale(op, K, opts.scale);
-  const chunkSize = opts.chunkSize ?? 64;
-  if (!Number.isInteger(chunkSize) || chunkSize < 1) {
-    throw new TsformerError(`${op}: chunkSize must be a positive integer, got ${chunkSize}`, 'config');
-  }
+  const chunkSize = chunkSizeOf(op, opts);
   const C = Math.min(chunkSize, T); // a sequence shorter than one chunk is one chunk, unpadded
   const N = Math.ceil(T / C);
   const BH = B * H;
