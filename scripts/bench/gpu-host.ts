@@ -15,7 +15,7 @@ import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { Rng, selectBackend, tf } from '@tsformer/core';
 import { registerWebGpuKernels } from '@tsformer/kernels-webgpu';
 import { DecoderLM } from '@tsformer/model';
-import { AdamW, trainStep, type Batch } from '@tsformer/train';
+import { AdamW, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 
 const args = process.argv.slice(2);
 const arg = (name: string, dflt: string) => {
@@ -180,6 +180,52 @@ console.log(
   const tC = now();
   console.log(`forward+backward (logits.mean loss): enqueue ${(tB - tA).toFixed(0)} ms for ${d1} dispatches (${(((tB - tA) / d1) * 1000).toFixed(0)} µs each), then ${(tC - tB).toFixed(0)} ms until done`);
   tf.dispose([ids, value, ...Object.values(grads)]);
+}
+// GPU time of one forward+backward by program (timestamp queries; each program in its own pass)
+{
+  const ids = tf.tensor(batch.inputs, [b, T], 'int32');
+  const targets = tf.tensor(batch.targets, [b, T], 'int32');
+  const vars = model.namedParameters().map(([, p]) => p.variable);
+  const r = await tf.time(() => {
+    const { value, grads } = tf.variableGrads(() => sparseCrossEntropy(model.forward(ids).logits, targets), vars);
+    tf.dispose([value, ...Object.values(grads)]);
+  });
+  const by = new Map<string, number>();
+  const extra = (r as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
+  for (const part of extra.split(', ')) {
+    const m = /^(.*): ([\d.eE+-]+)$/.exec(part);
+    if (m) by.set(m[1]!, (by.get(m[1]!) ?? 0) + Number(m[2]));
+  }
+  const top = [...by].sort((p, q) => q[1] - p[1]).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
+  console.log(`forward+backward GPU time ${(r.kernelMs as number).toFixed(0)} ms: ${top}`);
+  tf.dispose([ids, targets]);
+}
+// the model's matmul shapes at full speed (no per-program passes), 10 reps after a warm-up
+{
+  const N = b * T;
+  const shapes: Array<[string, number, number, number, boolean, boolean]> = [
+    ['qkv fwd', N, dModel, 3 * dModel, false, false],
+    ['fc1 fwd', N, dModel, 4 * dModel, false, false],
+    ['fc2 fwd', N, 4 * dModel, dModel, false, false],
+    ['lm head fwd (tied: B^T)', N, dModel, vocab, false, true],
+    ['fc1 dX (dY W^T)', N, 4 * dModel, dModel, false, true],
+    ['fc1 dW (X^T dY)', dModel, N, 4 * dModel, true, false],
+    ['lm head dE (dY^T X)', vocab, N, dModel, true, false],
+  ];
+  console.log('\n| product | M x K x N | ms | TFLOP/s |\n|---|---|---:|---:|');
+  for (const [name, M, K, Nn, tA, tB] of shapes) {
+    const a = tf.randomNormal(tA ? [K, M] : [M, K]);
+    const w = tf.randomNormal(tB ? [Nn, K] : [K, Nn]);
+    for (let i = 0; i < 3; i++) tf.matMul(a, w, tA, tB).dispose();
+    await drain();
+    const reps = 10;
+    const t1 = now();
+    for (let i = 0; i < reps; i++) tf.matMul(a, w, tA, tB).dispose();
+    await drain();
+    const ms = (now() - t1) / reps;
+    console.log(`| ${name} | ${M} x ${K} x ${Nn} | ${ms.toFixed(2)} | ${((2 * M * K * Nn) / (ms * 1e9)).toFixed(1)} |`);
+    tf.dispose([a, w]);
+  }
 }
 model.dispose();
 opt.dispose();

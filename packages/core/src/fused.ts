@@ -48,6 +48,12 @@ export interface FusedOps {
     v: tf.Tensor,
     g: tf.Tensor,
     h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
+    /**
+     * Clipping and a finite guard in the update: g is scaled by min(1, maxNorm / (norm + 1e-6))
+     * (maxNorm <= 0: unscaled), and p, m, v come back unchanged when the norm or the loss
+     * (normAndLoss [2]) is not finite.
+     */
+    guard?: { normAndLoss: tf.Tensor; maxNorm: number },
   ) => { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } | undefined;
   /**
    * Chunked gated linear attention (`@tsformer/ops` `glaChunk`): q, k, g [B, T, H, K] (g: log

@@ -77,6 +77,48 @@ export class AdamW {
     });
   }
 
+  /**
+   * One update with global-norm clipping and a finite guard folded into a fused kernel (see
+   * `FusedOps.adamw` in @tsformer/core): `grads` unclipped, `guard.normAndLoss` [2] the pre-clip norm
+   * and the loss. Where the norm or the loss is not finite, every parameter and moment stays as it
+   * was (decided on the device, so the caller need not read anything back first; it should then
+   * call `undoStep()`). Returns false, having changed nothing, when no fused AdamW is registered for
+   * the active backend: the caller then clips and calls `apply`.
+   */
+  applyGuarded(grads: ReadonlyMap<string, tf.Tensor>, lr: number, guard: { normAndLoss: tf.Tensor; maxNorm: number }): boolean {
+    const kernel = fused('adamw');
+    if (!kernel) return false;
+    const [b1, b2] = this.config.betas;
+    const step = this.step + 1;
+    let first = true;
+    const done = tf.tidy(() => {
+      for (const [name, slot] of this.#slots) {
+        const g = grads.get(name);
+        if (!g) continue;
+        const p = slot.param.variable;
+        const weightDecay = slot.param.decay ? this.config.weightDecay : 0;
+        const u = kernel(p, slot.m, slot.v, g, { lr, beta1: b1, beta2: b2, eps: this.config.eps, weightDecay, step }, guard);
+        if (!u) {
+          // the kernel declines shapes only as a whole (it is registered or not): nothing was changed yet
+          if (first) return false;
+          throw new TsformerError(`the fused AdamW declined parameter "${name}" after updating others`, 'internal');
+        }
+        first = false;
+        slot.m.assign(u.m);
+        slot.v.assign(u.v);
+        p.assign(u.p);
+      }
+      return true;
+    });
+    if (done) this.step = step;
+    return done;
+  }
+
+  /** Takes back the step count of an update whose guard found a non-finite step (nothing else changed). */
+  undoStep(): void {
+    this.step = Math.max(0, this.step - 1);
+  }
+
   /** Moments keyed `<param>.exp_avg` / `<param>.exp_avg_sq` (live variables, not copies). */
   stateDict(): Map<string, tf.Tensor> {
     const out = new Map<string, tf.Tensor>();

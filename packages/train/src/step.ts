@@ -1,7 +1,7 @@
 import { TsformerError, tf } from '@tsformer/core';
 import type { LanguageModel } from '@tsformer/model';
 import type { AdamW } from './adamw.js';
-import { clipByGlobalNorm } from './clip.js';
+import { clipByGlobalNorm, globalNorm } from './clip.js';
 import { sparseCrossEntropy } from './losses.js';
 
 /** A batch of token ids, row-major [batchSize, seqLen]; targets are inputs shifted by one. */
@@ -75,19 +75,49 @@ export async function trainStep(model: LanguageModel, optimizer: AdamW, micro: B
     lossSum = next;
     tokens += b.batchSize * b.seqLen;
   }
-  const { grads, norm } = clipByGlobalNorm(acc, opts.clipGradNorm);
+  const norm = globalNorm(acc);
+  // Where a fused AdamW exists (webgpu), clipping and the finite check run inside the update, which
+  // is enqueued before the loss and the norm are read back: the GPU does not idle during the read.
+  const normAndLoss = tf.tidy(() => tf.stack([norm, lossSum])); // [2]
+  let applied: boolean;
+  try {
+    applied = optimizer.applyGuarded(acc, opts.lr, { normAndLoss, maxNorm: opts.clipGradNorm });
+  } catch (e) {
+    tf.dispose([lossSum, norm, normAndLoss, ...acc.values()]);
+    throw e;
+  }
+  normAndLoss.dispose();
+  if (applied) {
+    tf.dispose([...acc.values()]);
+    try {
+      const { loss, gradNorm } = await readFinite(lossSum, norm);
+      return { loss, gradNorm, tokens };
+    } catch (e) {
+      if (e instanceof NonFiniteError) optimizer.undoStep(); // the guard left every weight as it was
+      throw e;
+    } finally {
+      tf.dispose([lossSum, norm]);
+    }
+  }
+  const { grads } = clipByGlobalNorm(acc, opts.clipGradNorm, norm);
   tf.dispose([...acc.values()]);
   try {
-    const [lossData, normData] = await Promise.all([lossSum.data(), norm.data()]);
-    const loss = lossData[0]!;
-    const gradNorm = normData[0]!;
-    if (!Number.isFinite(loss)) throw new NonFiniteError('loss', loss);
-    if (!Number.isFinite(gradNorm)) throw new NonFiniteError('gradient norm', gradNorm);
+    const { loss, gradNorm } = await readFinite(lossSum, norm);
     optimizer.apply(grads, opts.lr);
     return { loss, gradNorm, tokens };
   } finally {
     tf.dispose([lossSum, norm, ...grads.values()]);
   }
+}
+
+/** Reads the loss and the norm back (asynchronously); throws NonFiniteError when either is not finite. */
+async function readFinite(lossSum: tf.Tensor, norm: tf.Tensor): Promise<{ loss: number; gradNorm: number }> {
+  const [lossData, normData] = await Promise.all([lossSum.data(), norm.data()]);
+  const loss = lossData[0]!;
+  const gradNorm = normData[0]!;
+  if (!Number.isFinite(loss)) throw new NonFiniteError('loss', loss);
+  if (!Number.isFinite(gradNorm)) throw new NonFiniteError('gradient norm', gradNorm);
+  return { loss, gradNorm };
 }
 
 /** Mean loss over fixed batches, in eval mode (dropout off). */
