@@ -7,6 +7,7 @@ import { ADAMW, adamwUpdate, adamwUpdateComposite, type AdamWHyper } from './ada
 import { SPARSE_XENT, sparseCrossEntropy, sparseCrossEntropyComposite } from './xent.js';
 import { matMulShape, runMatMul } from './matmul.js';
 import type { WebGpuBackendLike } from './program.js';
+import { glaChunk, glaChunkComposite } from '@tsformer/ops';
 import { deltaChunk, deltaChunkComposite, gatedDeltaChunk, gatedDeltaChunkComposite, type DeltaResult } from '@tsformer/ops';
 
 /**
@@ -410,6 +411,123 @@ export async function checkDelta(c: DeltaCase, seed: number): Promise<CheckResul
   return { name: deltaCaseName(c), fused: probe !== undefined, errors, ms: performance.now() - t0 };
 }
 
+/**
+ * Cumsum (tfjs's reverse scans reuse one pipeline for every length: see cumsum.ts): along the
+ * middle axis of [2, L, 3] for each L in turn, every exclusive/reverse combination, against
+ * float64 host sums. `fused`: the package's Cumsum is registered.
+ */
+export async function checkCumsum(lengths: number[], seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const errors: Record<string, number> = {};
+  for (const L of lengths) {
+    const x = randn([2, L, 3], seed + L);
+    const xd = await x.data();
+    for (const exclusive of [false, true]) {
+      for (const reverse of [false, true]) {
+        const y = tf.cumsum(x, 1, exclusive, reverse);
+        const want = new Float32Array(xd.length);
+        for (let o = 0; o < 2; o++) {
+          for (let i = 0; i < 3; i++) {
+            let acc = 0;
+            for (let m = 0; m < L; m++) {
+              const l = reverse ? L - 1 - m : m;
+              const at = (o * L + l) * 3 + i;
+              if (exclusive) want[at] = acc;
+              acc += xd[at]!;
+              if (!exclusive) want[at] = acc;
+            }
+          }
+        }
+        const w = tf.tensor(want, [2, L, 3]);
+        errors[`L${L}${exclusive ? ' excl' : ''}${reverse ? ' rev' : ''}`] = await relRms(y, w);
+        tf.dispose([y, w]);
+      }
+    }
+    x.dispose();
+  }
+  const ours = (tf.getKernel('Cumsum', tf.getBackend()) as { tsformer?: boolean } | undefined)?.tsformer === true;
+  return { name: `cumsum [2, L, 3] axis 1, L ${lengths.join(', ')}`, fused: ours, errors, ms: performance.now() - t0 };
+}
+export interface GlaCase {
+  B: number;
+  T: number;
+  H: number;
+  K: number;
+  V: number;
+  /** Log gates g = -maxDecay * u, u uniform in [0, 1): down to -maxDecay per step. */
+  maxDecay: number;
+  /** Pass a random initial state (and check its gradient). */
+  initialState: boolean;
+  /** Also return the final state (its cotangent reaches the kernel's backward). */
+  finalState: boolean;
+  /** Chunk size of both the composite and the kernel (16, 32 or 64). */
+  chunkSize: number;
+}
+
+export function glaCaseName(c: GlaCase): string {
+  const parts = [`B${c.B} T${c.T} H${c.H} K${c.K} V${c.V}`, `C${c.chunkSize}`, `decay ${c.maxDecay}`];
+  if (c.initialState) parts.push('S0');
+  if (c.finalState) parts.push('final');
+  return `gla ${parts.join(' ')}`;
+}
+
+/**
+ * GLA cases; `scale` multiplies T. T not a multiple of the chunk, B*H > 1, strong decay (gates
+ * down to -5 per step: chunk sums of 64 steps far below -88), widths that are not multiples of
+ * the tiles (K 80: two channel tiles of 64; V 72: two column tiles of 64).
+ */
+export function glaCases(scale = 1): GlaCase[] {
+  const T = (t: number) => t * scale;
+  return [
+    { B: 2, T: T(45), H: 2, K: 16, V: 16, maxDecay: 0.1, initialState: false, finalState: false, chunkSize: 16 },
+    { B: 1, T: T(70), H: 3, K: 32, V: 24, maxDecay: 5, initialState: false, finalState: false, chunkSize: 32 },
+    { B: 2, T: T(40), H: 1, K: 8, V: 40, maxDecay: 1, initialState: true, finalState: true, chunkSize: 16 },
+    { B: 1, T: T(67), H: 2, K: 80, V: 72, maxDecay: 5, initialState: true, finalState: true, chunkSize: 64 },
+  ];
+}
+
+/**
+ * `glaChunk` of @tsformer/ops through the fused registry (the kernel on webgpu) against
+ * `glaChunkComposite`: o (and the final state), and the gradients of sum(o * w1) (+ sum(finalState
+ * * w2)) with respect to every input. `fused`: the registry's hook took these inputs.
+ */
+export async function checkGla(c: GlaCase, seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const { B, T, H, K, V } = c;
+  const q = randn([B, T, H, K], seed);
+  const k = randn([B, T, H, K], seed + 1);
+  const v = randn([B, T, H, V], seed + 2);
+  const g = tf.tidy(() => tf.randomUniform([B, T, H, K], 0, 1, 'float32', seed + 3).mul(-c.maxDecay));
+  const s0 = c.initialState ? randn([B, H, K, V], seed + 4) : undefined;
+  const xs = [q, k, v, g, ...(s0 ? [s0] : [])];
+  const names = ['q', 'k', 'v', 'g', ...(s0 ? ['initialState'] : [])];
+  const call = (composite: boolean) => (a: tf.Tensor[]) => {
+    const [qq, kk, vv, gg] = a as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+    const opts = { initialState: s0 ? a[4] : undefined, outputFinalState: c.finalState, chunkSize: c.chunkSize };
+    return composite ? glaChunkComposite(qq, kk, vv, gg, opts) : glaChunk(qq, kk, vv, gg, opts);
+  };
+  const probe = fused('glaChunk')?.(q, k, v, g, { scale: 1 / Math.sqrt(K), chunkSize: c.chunkSize, initialState: s0, outputFinalState: c.finalState });
+  if (probe) tf.dispose([probe.o, ...(probe.finalState ? [probe.finalState] : [])]);
+  const w1 = randn([B, T, H, V], seed + 5);
+  const w2 = randn([B, H, K, V], seed + 6);
+  const errors: Record<string, number> = {};
+  const got = call(false)(xs);
+  const want = call(true)(xs);
+  errors.o = await relRms(got.o, want.o);
+  if (c.finalState) errors.finalState = await relRms(got.finalState!, want.finalState!);
+  tf.dispose([got.o, want.o, ...(c.finalState ? [got.finalState!, want.finalState!] : [])]);
+  const loss = (composite: boolean) => (...a: tf.Tensor[]) => {
+    const r = call(composite)(a);
+    const lo = tf.sum(tf.mul(r.o, w1));
+    return (r.finalState ? tf.add(lo, tf.sum(tf.mul(r.finalState, w2))) : lo) as tf.Scalar;
+  };
+  const gf = tf.grads(loss(false))(xs);
+  const gc = tf.grads(loss(true))(xs);
+  for (let i = 0; i < xs.length; i++) errors[`d${names[i]}`] = await relRms(gf[i]!, gc[i]!);
+  tf.dispose([...gf, ...gc, ...xs, w1, w2]);
+  return { name: glaCaseName(c), fused: probe !== undefined, errors, ms: performance.now() - t0 };
+}
+
 /** Every check, in order. */
 export async function runChecks(opts: { scale?: number; seed?: number; log?: (r: CheckResult) => void } = {}): Promise<CheckResult[]> {
   const seed = opts.seed ?? (Date.now() % 1_000_000);
@@ -430,6 +548,8 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   push(await checkSum(3, 100_000 * k, seed + 10 * n++));
   push(await checkAddN(40, 1000 * k, seed + 10 * n++));
   for (const c of matMulCases()) push(await checkMatMul(c, seed + 10 * n++));
+  push(await checkCumsum([5, 9, 16], seed + 10 * n++));
+  for (const c of glaCases(k)) push(await checkGla(c, seed + 10 * n++));
   for (const c of deltaCases(k)) push(await checkDelta(c, seed + 10 * n++));
   return out;
 }

@@ -12,6 +12,7 @@ export { rope, ropeComposite, ROPE, type RopeLayout } from './rope.js';
 export { adamwUpdate, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult } from './adamw.js';
 export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
+export { glaWebGpu, glaSupported, registerGla, GLA, GLA_GRAD, type GlaWebGpuOptions } from './gla.js';
 export {
   deltaChunkKernels,
   deltaKernelSupported,
@@ -23,6 +24,8 @@ export {
   type DeltaKernelOptions,
 } from './delta.js';
 export { runChecks, checkAttention, checkMatMul, matMulCases, type CheckResult, type MatMulCase } from './checks.js';
+export { checkGla, glaCases, checkCumsum, type GlaCase } from './checks.js';
+export { registerCumsumFix, originalCumsum } from './cumsum.js';
 export { checkDelta, deltaCases, type DeltaCase } from './checks.js';
 export {
   registerFastMatMul,

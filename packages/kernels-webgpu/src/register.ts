@@ -7,6 +7,8 @@ import { SPARSE_XENT, registerSparseCrossEntropy, sparseCrossEntropy } from './x
 import { registerChunkedAddN, registerFastSum } from './reduce.js';
 import { registerFastMatMul } from './matmul.js';
 import { kernelActive } from './program.js';
+import { GLA, glaSupported, glaWebGpu, registerGla } from './gla.js';
+import { registerCumsumFix } from './cumsum.js';
 import { deltaChunkKernels, deltaKernelsActive, registerDelta } from './delta.js';
 
 /**
@@ -24,6 +26,8 @@ export function registerWebGpuKernels(): void {
   registerFastSum();
   registerChunkedAddN();
   registerFastMatMul();
+  registerCumsumFix();
+  registerGla();
   registerDelta();
   registerModelHooks();
 }
@@ -38,5 +42,8 @@ function registerModelHooks(): void {
   registerFused('rope', (x, cos, sin, layout) => (kernelActive(ROPE) ? rope(x, cos, sin, layout) : undefined));
   registerFused('sparseCrossEntropy', (logits, targets) => (kernelActive(SPARSE_XENT) ? sparseCrossEntropy(logits, targets) : undefined));
   registerFused('adamw', (p, m, v, g, h) => (kernelActive(ADAMW) ? adamwUpdate(p, m, v, g, h) : undefined));
+  registerFused('glaChunk', (q, k, v, g, o) =>
+    kernelActive(GLA) && glaSupported(q.shape[3]!, v.shape[3]!) ? glaWebGpu(q, k, v, g, { scale: o.scale, initialState: o.initialState, outputFinalState: o.outputFinalState, chunkSize: o.chunkSize }) : undefined,
+  );
   registerFused('deltaChunk', (q, k, v, beta, g, o) => (deltaKernelsActive(q.shape[3]!, v.shape[3]!) ? deltaChunkKernels(q, k, v, beta, g, o) : undefined));
 }

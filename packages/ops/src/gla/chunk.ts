@@ -1,4 +1,4 @@
-import { TsformerError, tf } from '@tsformer/core';
+import { TsformerError, fused, tf } from '@tsformer/core';
 import { checkGlaInputs, queryScale, type GlaOptions, type GlaOutput } from './check.js';
 
 /** Options of `glaChunk`. */
@@ -36,6 +36,19 @@ export interface GlaChunkOptions extends GlaOptions {
  * slower). Gradients are tfjs autodiff of this form. The caller owns (disposes) the outputs.
  */
 export function glaChunk(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, g: tf.Tensor, opts: GlaChunkOptions = {}): GlaOutput {
+  checkGlaInputs('glaChunk', q, k, v, g, opts.initialState);
+  // A fused kernel where one is registered for the active backend (webgpu), else the composite.
+  const scale = queryScale(q.shape[3]!, opts.scale);
+  const f = fused('glaChunk')?.(q, k, v, g, { scale, chunkSize: opts.chunkSize ?? 64, initialState: opts.initialState, outputFinalState: opts.outputFinalState ?? false });
+  if (f) return f;
+  return glaChunkComposite(q, k, v, g, opts);
+}
+
+/**
+ * `glaChunk` as plain tfjs ops, whatever the backend: the definition the fused kernels are
+ * checked against. Same arguments and result as `glaChunk`.
+ */
+export function glaChunkComposite(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, g: tf.Tensor, opts: GlaChunkOptions = {}): GlaOutput {
   const { B, T, H, K, V } = checkGlaInputs('glaChunk', q, k, v, g, opts.initialState);
   const C = opts.chunkSize ?? 64;
   const c = opts.subChunkSize ?? defaultSubChunk(C);
