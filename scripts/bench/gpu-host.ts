@@ -152,10 +152,32 @@ const step = () => trainStep(model, opt, [batch], { lr: 1e-4, clipGradNorm: 1 })
 await step();
 await step();
 reset();
-const steps = 3;
+// host time until the step's read-back is requested (enqueueing) against the wait for the GPU after it
+let enqueueMs = 0;
+let waitMs = 0;
+const proto = tf.Tensor.prototype as unknown as { data: (this: tf.Tensor) => Promise<unknown> };
+const data0 = proto.data;
+let stepStart = 0;
+let inRead = false;
+proto.data = function (this: tf.Tensor) {
+  if (inRead) return data0.call(this);
+  inRead = true;
+  const t = now();
+  enqueueMs += t - stepStart;
+  return data0.call(this).finally(() => {
+    waitMs += now() - t;
+  });
+};
+const steps = 5;
 const t0 = now();
-for (let i = 0; i < steps; i++) await step();
+for (let i = 0; i < steps; i++) {
+  stepStart = now();
+  inRead = false;
+  await step();
+}
 const ms = (now() - t0) / steps;
+proto.data = data0;
+console.log(`per step: ${(enqueueMs / steps).toFixed(0)} ms of host work before the read-back, then ${(waitMs / steps).toFixed(0)} ms waiting for the GPU`);
 console.log(`\nGPT-2-small-shaped step (${L} layers, d=${dModel}, T=${T}, batch ${b}): ${ms.toFixed(0)} ms/step, ${Math.round((n / ms) * 1000)} tokens/s`);
 console.log(
   `per step: ${c.dispatches / steps} dispatches (${(c.programMs / steps).toFixed(0)} ms inside runWebGPUProgram, ${((c.programMs / c.dispatches) * 1000).toFixed(0)} µs each), ${c.uploads / steps} uploads (${(c.uploadBytes / steps / 1024).toFixed(0)} KiB), ${c.buffers / steps} buffers created, ${c.submits / steps} submits`,
@@ -218,7 +240,7 @@ console.log(
     const w = tf.randomNormal(tB ? [Nn, K] : [K, Nn]);
     for (let i = 0; i < 3; i++) tf.matMul(a, w, tA, tB).dispose();
     await drain();
-    const reps = 10;
+    const reps = 30;
     const t1 = now();
     for (let i = 0; i < reps; i++) tf.matMul(a, w, tA, tB).dispose();
     await drain();

@@ -31,6 +31,8 @@ export interface FusedOps {
       alibiSlopes?: ArrayLike<number>;
     },
   ) => tf.Tensor | undefined;
+  /** The sum over all xs of sum(x^2), as one scalar (no gradient: global-norm clipping). */
+  sumSquares: (xs: tf.Tensor[]) => tf.Scalar | undefined;
   /** (x - mean) / sqrt(var + eps) * weight (+ bias) over the last axis (LayerNorm). */
   layerNorm: (x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | undefined, eps: number) => tf.Tensor | undefined;
   /** GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), elementwise. */
@@ -41,20 +43,17 @@ export interface FusedOps {
   rope: (x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, layout: 'half' | 'interleaved') => tf.Tensor | undefined;
   /** Mean sparse cross-entropy of logits [..., V] against int32 targets [...], differentiable in logits. */
   sparseCrossEntropy: (logits: tf.Tensor, targets: tf.Tensor) => tf.Scalar | undefined;
-  /** One AdamW update (decoupled weight decay); returns the new p, m, v. */
+  /** One AdamW step (decoupled weight decay) over many parameters; returns the new p, m, v of each, in order. */
   adamw: (
-    p: tf.Tensor,
-    m: tf.Tensor,
-    v: tf.Tensor,
-    g: tf.Tensor,
-    h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
+    items: Array<{ p: tf.Tensor; m: tf.Tensor; v: tf.Tensor; g: tf.Tensor; weightDecay: number }>,
+    h: { lr: number; beta1: number; beta2: number; eps: number; step: number },
     /**
      * Clipping and a finite guard in the update: g is scaled by min(1, maxNorm / (norm + 1e-6))
      * (maxNorm <= 0: unscaled), and p, m, v come back unchanged when the norm or the loss
      * (normAndLoss [2]) is not finite.
      */
     guard?: { normAndLoss: tf.Tensor; maxNorm: number },
-  ) => { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } | undefined;
+  ) => Array<{ p: tf.Tensor; m: tf.Tensor; v: tf.Tensor }> | undefined;
   /**
    * Chunked gated linear attention (`@tsformer/ops` `glaChunk`): q, k, g [B, T, H, K] (g: log
    * gates <= 0), v [B, T, H, V] -> o [B, T, H, V], with S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T

@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, type UniformData, type WebGpuBackendLike } from './program.js';
+import { f32, kernelActive, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused AdamW update (decoupled weight decay), elementwise over a parameter:
@@ -65,60 +65,96 @@ export function adamwUpdateComposite(p: tf.Tensor, m: tf.Tensor, v: tf.Tensor, g
 
 /** One AdamW update: the fused kernel on webgpu, the composite elsewhere. */
 export function adamwUpdate(p: tf.Tensor, m: tf.Tensor, v: tf.Tensor, g: tf.Tensor, h: AdamWHyper, guard?: AdamWGuard): AdamWResult {
-  for (const [n, t] of [['m', m], ['v', v], ['g', g]] as const) {
-    if (!tf.util.arraysEqual(t.shape, p.shape)) throw new Error(`adamwUpdate: ${n} [${t.shape}] for a parameter [${p.shape}]`);
-  }
-  if (guard && !tf.util.arraysEqual(guard.normAndLoss.shape, [2])) throw new Error(`adamwUpdate: guard.normAndLoss [${guard.normAndLoss.shape}], expected [2]`);
-  if (!kernelActive(ADAMW)) return adamwUpdateComposite(p, m, v, g, h, guard);
-  const inputs: Record<string, tf.Tensor> = guard ? { p, m, v, g, guard: guard.normAndLoss } : { p, m, v, g };
-  const attrs = { ...h, guarded: guard !== undefined, maxNorm: guard?.maxNorm ?? 0 };
-  const [p2, m2, v2] = tf.engine().runKernel(ADAMW, inputs, attrs as unknown as NamedAttrMap) as tf.Tensor[];
-  return { p: p2!, m: m2!, v: v2! };
+  const [u] = adamwUpdateMany([{ p, m, v, g, weightDecay: h.weightDecay }], h, guard);
+  return u!;
 }
 
-function program(which: 'm' | 'v' | 'p', n: number, guarded: boolean): KernelProgram {
+/** One parameter of `adamwUpdateMany`: its tensors and its decoupled weight decay. */
+export interface AdamWItem {
+  p: tf.Tensor;
+  m: tf.Tensor;
+  v: tf.Tensor;
+  g: tf.Tensor;
+  weightDecay: number;
+}
+
+/**
+ * One AdamW update of many parameters with the same step: on webgpu one dispatch per parameter
+ * (p', m' and v' written together), the step's learning rate, bias corrections and guard read
+ * from one small device tensor made once for all of them; the composite elsewhere.
+ */
+export function adamwUpdateMany(items: AdamWItem[], h: Omit<AdamWHyper, 'weightDecay'>, guard?: AdamWGuard): AdamWResult[] {
+  for (const it of items) {
+    for (const [n, t] of [['m', it.m], ['v', it.v], ['g', it.g]] as const) {
+      if (!tf.util.arraysEqual(t.shape, it.p.shape)) throw new Error(`adamwUpdate: ${n} [${t.shape}] for a parameter [${it.p.shape}]`);
+    }
+  }
+  if (guard && !tf.util.arraysEqual(guard.normAndLoss.shape, [2])) throw new Error(`adamwUpdate: guard.normAndLoss [${guard.normAndLoss.shape}], expected [2]`);
+  if (!kernelActive(ADAMW)) return items.map((it) => adamwUpdateComposite(it.p, it.m, it.v, it.g, { ...h, weightDecay: it.weightDecay }, guard));
+  const c1 = 1 - Math.pow(h.beta1, h.step);
+  const c2 = 1 - Math.pow(h.beta2, h.step);
+  return tf.tidy(() => {
+    // [norm, loss, lr, 1/c1, 1/c2]
+    const host = tf.tensor1d([h.lr, 1 / c1, 1 / c2]);
+    const s = tf.concat([guard ? guard.normAndLoss : tf.zeros([2]), host]);
+    return items.map((it) => {
+      const attrs = { beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: it.weightDecay, guarded: guard !== undefined, maxNorm: guard?.maxNorm ?? 0 };
+      const [p2, m2, v2] = tf.engine().runKernel(ADAMW, { p: it.p, m: it.m, v: it.v, g: it.g, s }, attrs as unknown as NamedAttrMap) as tf.Tensor[];
+      return { p: p2!, m: m2!, v: v2! };
+    });
+  });
+}
+
+interface AdamWAttrs {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  guarded: boolean;
+  maxNorm: number;
+}
+
+/**
+ * p', m', v' in one pass: 7 floats of memory traffic per element (the chain of tfjs ops: about 40).
+ * S = [norm, loss, lr, 1/c1, 1/c2]; the betas, eps, weight decay and clip norm are baked in (they
+ * do not change between steps, so no step compiles a new pipeline).
+ */
+function program(n: number, a: AdamWAttrs): MultiOutputProgram {
   const threads = 256;
-  // guarded: the gradient scaled by the clip factor, and nothing changes when norm or loss is not finite
-  const g = guarded ? 'G[i] * clip.x' : 'G[i]';
-  const body = {
-    m: `result[i] = uniforms.b1 * A[i] + (1.0 - uniforms.b1) * ${g};`,
-    v: `let g = ${g}; result[i] = uniforms.b2 * A[i] + (1.0 - uniforms.b2) * g * g;`,
-    p: `let p = A[i];
-        result[i] = p - uniforms.lr * (M[i] * uniforms.ic1 / (sqrt(V[i] * uniforms.ic2) + uniforms.eps) + uniforms.wd * p);`,
-  }[which];
-  const guard = guarded
-    ? `let clip = clipFactor();
-        if (clip.y == 0.0) { result[i] = A[i]; return; }`
-    : '';
-  return new KernelProgram({
-    key: `tsf_adamw_${which}_${n}_${guarded}`,
-    outputShape: [n],
-    inputs: [...(which === 'p' ? ['A', 'M', 'V'] : ['A', 'G']), ...(guarded ? ['GS'] : [])],
-    // hyperparameters as uniforms: a new learning rate or step needs no new pipeline
-    uniforms: 'lr: f32, b1: f32, b2: f32, eps: f32, wd: f32, ic1: f32, ic2: f32, maxNorm: f32,',
+  return {
+    key: `tsf_adamw_${n}_${a.beta1}_${a.beta2}_${a.eps}_${a.weightDecay}_${a.guarded}_${a.maxNorm}`,
+    inputs: ['P', 'M', 'V', 'G', 'S'],
+    outputs: [
+      { name: 'P2', shape: [n] },
+      { name: 'M2', shape: [n] },
+      { name: 'V2', shape: [n] },
+    ],
     threads,
     numGroups: Math.ceil(n / threads),
     body: `
-      ${
-        guarded
-          ? `// finite by the exponent bits (NaN and inf comparisons may be folded away by shader compilers)
+      const B1 = ${f32(a.beta1)}; const B2 = ${f32(a.beta2)}; const EPS = ${f32(a.eps)}; const WD = ${f32(a.weightDecay)};
+      // finite by the exponent bits (NaN and inf comparisons may be folded away by shader compilers)
       fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
-      // (clip factor, 1) when the step is finite, else (0, 0)
-      fn clipFactor() -> vec2<f32> {
-        let norm = GS[0];
-        if (!finite(norm) || !finite(GS[1])) { return vec2<f32>(0.0, 0.0); }
-        if (uniforms.maxNorm > 0.0) { return vec2<f32>(min(1.0, uniforms.maxNorm / (norm + 1e-6)), 1.0); }
-        return vec2<f32>(1.0, 1.0);
-      }`
-          : ''
-      }
-      fn kernel() {
-        let i = wgIndex() * ${threads}u + localIndex;
+      fn kernel(wg: u32, tid: u32) {
+        let i = wg * ${threads}u + tid;
         if (i >= ${n}u) { return; }
-        ${guard}
-        ${body}
+        let p = P[i]; let m = M[i]; let v = V[i];
+        var clip = 1.0;
+        ${
+          a.guarded
+            ? `// a non-finite norm or loss leaves the parameter and its moments as they were
+        if (!finite(S[0]) || !finite(S[1])) { P2[i] = p; M2[i] = m; V2[i] = v; return; }
+        ${a.maxNorm > 0 ? `clip = min(1.0, ${f32(a.maxNorm)} / (S[0] + 1e-6));` : ''}`
+            : ''
+        }
+        let g = G[i] * clip;
+        let m2 = B1 * m + (1.0 - B1) * g;
+        let v2 = B2 * v + (1.0 - B2) * g * g;
+        P2[i] = p - S[2] * (m2 * S[3] / (sqrt(v2 * S[4]) + EPS) + WD * p);
+        M2[i] = m2;
+        V2[i] = v2;
       }`,
-  });
+  };
 }
 
 export function registerAdamW(): void {
@@ -128,19 +164,11 @@ export function registerAdamW(): void {
     backendName: 'webgpu',
     kernelFunc: ({ inputs, backend, attrs }) => {
       const be = backend as unknown as WebGpuBackendLike;
-      const { p, m, v, g, guard } = inputs as Record<string, TensorInfo>;
-      const h = attrs as unknown as AdamWHyper & { guarded: boolean; maxNorm: number };
-      const guarded = Boolean(h.guarded);
+      const { p, m, v, g, s } = inputs as Record<string, TensorInfo>;
       const n = tf.util.sizeFromShape(p!.shape);
       const flat = (t: TensorInfo) => ({ ...t, shape: [n] });
-      const c1 = 1 - Math.pow(h.beta1, h.step);
-      const c2 = 1 - Math.pow(h.beta2, h.step);
-      const u: UniformData = [h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, 1 / c1, 1 / c2, h.maxNorm ?? 0].map((x) => ({ type: 'float32', data: [x] }));
-      const gs = guarded ? [guard!] : [];
-      const m2 = run(be, program('m', n, guarded), [flat(m!), flat(g!), ...gs], u);
-      const v2 = run(be, program('v', n, guarded), [flat(v!), flat(g!), ...gs], u);
-      const p2 = run(be, program('p', n, guarded), [flat(p!), m2, v2, ...gs], u);
-      return [p2, m2, v2].map((t) => ({ ...t, shape: p!.shape }));
+      const outs = runMultiOutput(be, program(n, attrs as unknown as AdamWAttrs), [flat(p!), flat(m!), flat(v!), flat(g!), s!]);
+      return outs.map((t) => ({ ...t, shape: p!.shape }));
     },
   });
 }

@@ -3,6 +3,9 @@ import { FLASH_ATTENTION, flashAttention, flashAttentionComposite, type FlashAtt
 import { kernelActive } from './program.js';
 import { RMS_NORM, rmsNorm, rmsNormComposite } from './rmsnorm.js';
 import { ROPE, rope, ropeComposite, type RopeLayout } from './rope.js';
+import { LAYER_NORM, layerNorm, layerNormComposite } from './layernorm.js';
+import { GELU, gelu, geluComposite } from './gelu.js';
+import { SUM_SQUARES, sumSquares, sumSquaresComposite } from './sumsq.js';
 import { ADAMW, adamwUpdate, adamwUpdateComposite, type AdamWHyper } from './adamw.js';
 import { SPARSE_XENT, sparseCrossEntropy, sparseCrossEntropyComposite } from './xent.js';
 import { matMulShape, runMatMul } from './matmul.js';
@@ -147,6 +150,44 @@ export async function checkRmsNorm(N: number, D: number, gated: boolean, seed: n
   return r;
 }
 
+export async function checkLayerNorm(N: number, D: number, bias: boolean, seed: number): Promise<CheckResult> {
+  // an offset and a scale per row, so that the mean and variance matter
+  const x = tf.tidy(() => randn([N, D], seed).mul(randn([N, 1], seed + 3).abs().add(0.5)).add(randn([N, 1], seed + 4)));
+  const w = tf.tidy(() => randn([D], seed + 1).mul(0.2).add(1));
+  const b = randn([D], seed + 2);
+  const xs = bias ? [x, w, b] : [x, w];
+  const r = await compare(
+    `layernorm${bias ? '' : ' no bias'} N${N} D${D}`,
+    kernelActive(LAYER_NORM),
+    xs,
+    bias ? ['x', 'weight', 'bias'] : ['x', 'weight'],
+    ([a, c, d]) => layerNorm(a!, c!, d, 1e-5),
+    ([a, c, d]) => layerNormComposite(a!, c!, d, 1e-5),
+    seed,
+  );
+  tf.dispose([x, w, b]);
+  return r;
+}
+
+export async function checkGelu(shape: number[], seed: number): Promise<CheckResult> {
+  const x = tf.tidy(() => randn(shape, seed).mul(3)); // into tanh's saturated range too
+  const r = await compare(`gelu [${shape}]`, kernelActive(GELU), [x], ['x'], ([a]) => gelu(a!), ([a]) => geluComposite(a!), seed);
+  x.dispose();
+  return r;
+}
+
+/** Sum of squares of many tensors (more than one group of bindings, sizes around the chunk edges). */
+export async function checkSumSquares(count: number, scale: number, seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const sizes = Array.from({ length: count }, (_, i) => [1, 3, 8191, 8192, 8193, 20000 * scale + 7][i % 6]!);
+  const xs = sizes.map((n, i) => randn([n], seed + i));
+  const a = sumSquares(xs);
+  const b = sumSquaresComposite(xs);
+  const out = await relRms(a, b);
+  tf.dispose([...xs, a, b]);
+  return { name: `sum of squares of ${count} tensors`, fused: kernelActive(SUM_SQUARES), errors: { out }, ms: performance.now() - t0 };
+}
+
 export async function checkRope(B: number, T: number, H: number, D: number, R: number, layout: RopeLayout, seed: number): Promise<CheckResult> {
   const x = randn([B, T, H, D], seed);
   const angles = tf.tidy(() => randn([T, R / 2], seed + 1).mul(3));
@@ -182,6 +223,36 @@ export async function checkAdamW(n: number, seed: number): Promise<CheckResult> 
   );
   tf.dispose([p, m, v, g]);
   return r;
+}
+
+/**
+ * The guarded AdamW (clip factor and finite check in the kernel): against the composite with a
+ * finite step (norm above maxNorm, so the gradient is scaled), and with a NaN loss or an infinite
+ * norm, where p, m and v must come back exactly unchanged.
+ */
+export async function checkAdamWGuarded(n: number, seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const [p, m, g] = [randn([n], seed), tf.tidy(() => randn([n], seed + 1).mul(0.1)), randn([n], seed + 2)];
+  const v = tf.tidy(() => randn([n], seed + 3).square().mul(0.01));
+  const h: AdamWHyper = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 3 };
+  const flat = (u: { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor }) => tf.concat([u.p, u.m, u.v]);
+  const errors: Record<string, number> = {};
+  const finite = tf.tensor1d([7.5, 2.25]);
+  const a = tf.tidy(() => flat(adamwUpdate(p, m, v, g, h, { normAndLoss: finite, maxNorm: 1 })));
+  const b = tf.tidy(() => flat(adamwUpdateComposite(p, m, v, g, h, { normAndLoss: finite, maxNorm: 1 })));
+  errors.clipped = await relRms(a, b);
+  const before = flat({ p, m, v });
+  for (const [what, nl] of [['nanLoss', [7.5, NaN]], ['infNorm', [Infinity, 2.25]]] as const) {
+    const bad = tf.tensor1d(nl as unknown as number[]);
+    const c = tf.tidy(() => flat(adamwUpdate(p, m, v, g, h, { normAndLoss: bad, maxNorm: 1 })));
+    const [x, y] = await Promise.all([c.data(), before.data()]);
+    let same = x.length === y.length ? 0 : 1;
+    for (let i = 0; i < y.length; i++) if (x[i] !== y[i]) same = 1;
+    errors[what] = same; // 0: unchanged bit for bit
+    tf.dispose([bad, c]);
+  }
+  tf.dispose([p, m, v, g, finite, a, b, before]);
+  return { name: `adamw guarded (clip, non-finite) n${n}`, fused: kernelActive(ADAMW), errors, ms: performance.now() - t0 };
 }
 
 export async function checkSparseCrossEntropy(N: number, V: number, seed: number): Promise<CheckResult> {
@@ -541,12 +612,18 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   for (const c of attentionCases(k)) push(await checkAttention(c, seed + 10 * n++));
   push(await checkRmsNorm(26 * k, 40, false, seed + 10 * n++));
   push(await checkRmsNorm(26 * k, 300, true, seed + 10 * n++));
+  push(await checkLayerNorm(26 * k, 300, true, seed + 10 * n++));
+  push(await checkLayerNorm(26 * k, 40, false, seed + 10 * n++));
+  push(await checkGelu([3 * k, 7, 64], seed + 10 * n++));
+  push(await checkGelu([5 * k, 13], seed + 10 * n++));
   push(await checkRope(2, 9 * k, 3, 16, 16, 'half', seed + 10 * n++));
   push(await checkRope(2, 9 * k, 3, 16, 12, 'interleaved', seed + 10 * n++));
   push(await checkAdamW(1000 * k + 3, seed + 10 * n++));
+  push(await checkAdamWGuarded(1000 * k + 5, seed + 10 * n++));
   push(await checkSparseCrossEntropy(37 * k, 1001, seed + 10 * n++));
   push(await checkSum(3, 100_000 * k, seed + 10 * n++));
   push(await checkAddN(40, 1000 * k, seed + 10 * n++));
+  push(await checkSumSquares(40, k, seed + 10 * n++));
   for (const c of matMulCases()) push(await checkMatMul(c, seed + 10 * n++));
   push(await checkCumsum([5, 9, 16], seed + 10 * n++));
   for (const c of glaCases(k)) push(await checkGla(c, seed + 10 * n++));

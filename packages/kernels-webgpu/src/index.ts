@@ -8,8 +8,11 @@ export {
   type FlashAttentionOptions,
 } from './attention.js';
 export { rmsNorm, rmsNormComposite, RMS_NORM, RMS_NORM_GRAD } from './rmsnorm.js';
+export { layerNorm, layerNormComposite, LAYER_NORM, LAYER_NORM_GRAD } from './layernorm.js';
+export { gelu, geluComposite, GELU, GELU_GRAD } from './gelu.js';
+export { sumSquares, sumSquaresComposite, SUM_SQUARES } from './sumsq.js';
 export { rope, ropeComposite, ROPE, type RopeLayout } from './rope.js';
-export { adamwUpdate, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult } from './adamw.js';
+export { adamwUpdate, adamwUpdateMany, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult, type AdamWGuard, type AdamWItem } from './adamw.js';
 export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
 export { glaWebGpu, glaSupported, registerGla, GLA, GLA_GRAD, type GlaWebGpuOptions } from './gla.js';

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { resolve } from 'node:path';
 import { bundleForBrowser, runInChromium } from './testing/chromium.js';
 import type { CheckResult } from './checks.js';
-import { MODEL_STEP_KERNELS, type ModelStepReport } from './testing/model-step.js';
+import { GPT2_STEP_KERNELS, MODEL_STEP_KERNELS, type ModelStepReport } from './testing/model-step.js';
 
 interface Report {
   error?: string;
@@ -41,23 +41,28 @@ describe('webgpu kernels in headless chromium (SwiftShader)', () => {
   }, 600_000);
 
   // The model's layers reach the kernels through @tsformer/core's fused registry.
-  it('a DecoderLM training step on webgpu with the kernels matches the step on cpu (loss, gradients, loss after AdamW)', async () => {
-    const script = await bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts'));
-    const seed = Date.now() % 1_000_000;
-    const { value: report, console: logged } = await runInChromium<ModelStepReport & { error?: string }>(script, 'runModelStepCheck', seed);
-    expect(report.error).toBeUndefined();
-    expect(logged).toEqual([]);
-    const grads = Object.entries(report.gradErrors);
-    console.log(
-      `model step, seed ${seed}: kernel calls ${JSON.stringify(report.kernelCalls)}; loss ${report.loss.webgpu} (webgpu) vs ${report.loss.cpu} (cpu), ` +
-        `error ${report.lossError.toExponential(1)}, after one step ${report.stepLossError.toExponential(1)}; worst gradient ` +
-        `${grads.reduce((a, b) => (b[1] > a[1] ? b : a))[0]} ${Math.max(...grads.map(([, e]) => e)).toExponential(1)}`,
-    );
-    for (const name of MODEL_STEP_KERNELS) expect(report.kernelCalls[name], name).toBeGreaterThan(0);
-    expect(report.lossError).toBeLessThan(1e-4);
-    expect(report.stepLossError).toBeLessThan(1e-4);
-    expect(grads.length).toBeGreaterThan(10);
-    for (const [name, e] of grads) expect(e, name).toBeLessThan(1e-4);
-    expect(report.leaked).toBe(0);
-  }, 600_000);
+  for (const [variant, fn, kernels] of [
+    ['Llama-like (RMSNorm, SwiGLU, GQA, window, ALiBi)', 'runModelStepCheck', MODEL_STEP_KERNELS],
+    ['GPT-2-like (LayerNorm, GELU, RoPE, tied)', 'runGpt2StepCheck', GPT2_STEP_KERNELS],
+  ] as const) {
+    it(`a ${variant} DecoderLM training step on webgpu with the kernels matches the step on cpu (loss, gradients, loss after AdamW)`, async () => {
+      const script = await bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts'));
+      const seed = Date.now() % 1_000_000;
+      const { value: report, console: logged } = await runInChromium<ModelStepReport & { error?: string }>(script, fn, seed);
+      expect(report.error).toBeUndefined();
+      expect(logged).toEqual([]);
+      const grads = Object.entries(report.gradErrors);
+      console.log(
+        `model step, seed ${seed}: kernel calls ${JSON.stringify(report.kernelCalls)}; loss ${report.loss.webgpu} (webgpu) vs ${report.loss.cpu} (cpu), ` +
+          `error ${report.lossError.toExponential(1)}, after one step ${report.stepLossError.toExponential(1)}; worst gradient ` +
+          `${grads.reduce((a, b) => (b[1] > a[1] ? b : a))[0]} ${Math.max(...grads.map(([, e]) => e)).toExponential(1)}`,
+      );
+      for (const name of kernels) expect(report.kernelCalls[name], name).toBeGreaterThan(0);
+      expect(report.lossError).toBeLessThan(1e-4);
+      expect(report.stepLossError).toBeLessThan(1e-4);
+      expect(grads.length).toBeGreaterThan(10);
+      for (const [name, e] of grads) expect(e, name).toBeLessThan(1e-4);
+      expect(report.leaked).toBe(0);
+    }, 600_000);
+  }
 });

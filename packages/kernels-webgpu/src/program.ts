@@ -113,3 +113,88 @@ export function f32(x: number): string {
 export function kernelActive(kernelName: string): boolean {
   return tf.getBackend() === 'webgpu' && tf.getKernel(kernelName, 'webgpu') !== undefined;
 }
+
+/** The slice of tfjs-backend-webgpu 4.22's backend that `runMultiOutput` drives. */
+interface RecordingBackend {
+  device: {
+    createShaderModule(d: { code: string; label?: string }): unknown;
+    createComputePipeline(d: { layout: 'auto'; compute: { module: unknown; entryPoint: string }; label?: string }): { getBindGroupLayout(i: number): unknown };
+    limits: { maxComputeWorkgroupsPerDimension: number };
+  };
+  makeTensorInfo(shape: number[], dtype: 'float32'): TensorInfo;
+  uploadToGPU(dataId: object): void;
+  recordAndSubmit(program: object, output: TensorInfo, inputs: TensorInfo[], uniforms?: UniformData): void;
+}
+
+/** One shader with several outputs (see `runMultiOutput`). */
+export interface MultiOutputProgram {
+  /** Unique per distinct WGSL: the kernel name plus every baked constant; also the name in tf.time profiles (up to the first `_<digit>`). */
+  key: string;
+  /** Input names (read-only `array<f32>` bindings) in the order of the inputs passed. */
+  inputs: string[];
+  /** Output names and shapes (read-write `array<f32>` bindings). */
+  outputs: Array<{ name: string; shape: number[] }>;
+  threads: number;
+  numGroups: number;
+  /** WGSL declarations and `fn kernel(wg: u32, tid: u32)` (linear workgroup index, local index). */
+  body: string;
+}
+
+const pipelines = new WeakMap<object, Map<string, { getBindGroupLayout(i: number): unknown }>>();
+
+/**
+ * Runs one compute shader that writes several float32 outputs, as ONE dispatch recorded through
+ * tfjs's own `recordAndSubmit` (its command encoder, pass batching, deferred buffer release and
+ * tf.time profiling all apply). tfjs programs have a single output, which made kernels with two
+ * or three results write a packed buffer and slice it (two or three more dispatches each).
+ *
+ * The shader is written here: tfjs binds the first output at binding 0, then everything passed as
+ * "inputs", then its uniform block. The extra outputs ride along as inputs in that call, so they
+ * are bound in order after the real inputs; the WGSL declares them read-write. The uniform block
+ * is tfjs's (it begins with NaN); the shader only touches that first field.
+ */
+export function runMultiOutput(backend: WebGpuBackendLike, p: MultiOutputProgram, inputs: TensorInfo[]): TensorInfo[] {
+  const be = backend as unknown as RecordingBackend;
+  if (inputs.length !== p.inputs.length) throw new Error(`${p.key}: ${inputs.length} inputs for ${p.inputs.length} names`);
+  let cache = pipelines.get(be.device);
+  if (!cache) pipelines.set(be.device, (cache = new Map()));
+  let pipeline = cache.get(p.key);
+  if (!pipeline) {
+    const [first, ...rest] = p.outputs;
+    const decl = [
+      `@group(0) @binding(0) var<storage, read_write> ${first!.name}: array<f32>;`,
+      ...p.inputs.map((n, i) => `@group(0) @binding(${1 + i}) var<storage, read> ${n}: array<f32>;`),
+      ...rest.map((o, j) => `@group(0) @binding(${1 + p.inputs.length + j}) var<storage, read_write> ${o.name}: array<f32>;`),
+      `struct Uniforms { NAN: f32, }`,
+      `@group(0) @binding(${p.inputs.length + p.outputs.length}) var<uniform> uniforms: Uniforms;`,
+    ].join('\n');
+    const code = `${decl}
+      ${p.body}
+      @compute @workgroup_size(${p.threads}, 1, 1)
+      fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+        // the uniform block is bound by tfjs; a pipeline whose shader never reads it fails validation
+        _ = uniforms.NAN;
+        let wg = (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
+        if (wg >= ${p.numGroups}u) { return; }
+        kernel(wg, tid);
+      }`;
+    const module = be.device.createShaderModule({ code, label: p.key });
+    pipeline = be.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: p.key });
+    cache.set(p.key, pipeline);
+  }
+  // inputs made on the host (or by tfjs's small-op CPU forwarding) get their GPU buffers here
+  for (const t of inputs) be.uploadToGPU(t.dataId);
+  const outs = p.outputs.map((o) => {
+    const t = be.makeTensorInfo(o.shape, 'float32');
+    be.uploadToGPU(t.dataId); // allocates its buffer (from the pool)
+    return t;
+  });
+  const max = be.device.limits.maxComputeWorkgroupsPerDimension;
+  const side = Math.ceil(Math.sqrt(p.numGroups));
+  const dispatch: [number, number, number] = p.numGroups <= max ? [p.numGroups, 1, 1] : [side, side, 1];
+  if (side > max) throw new Error(`${p.key}: ${p.numGroups} workgroups exceed the device's limit`);
+  const name = p.key.replace(/_\d.*$/, '');
+  const program = { pipeline, dispatch, pixelsOpType: undefined, size: false, constructor: { name } };
+  be.recordAndSubmit(program, outs[0]!, [...inputs, ...outs.slice(1)]);
+  return outs;
+}

@@ -48,24 +48,17 @@ export class AdamW {
   /** Applies one update. `grads` are keyed by parameter name; missing ones are skipped. */
   apply(grads: ReadonlyMap<string, tf.Tensor>, lr: number): void {
     this.step++;
+    // the fused update (one kernel per parameter) where one is registered for the active backend
+    if (this.#fused(grads, lr, undefined)) return;
     const [b1, b2] = this.config.betas;
     const c1 = 1 - Math.pow(b1, this.step);
     const c2 = 1 - Math.pow(b2, this.step);
-    const kernel = fused('adamw');
     tf.tidy(() => {
       for (const [name, slot] of this.#slots) {
         const g = grads.get(name);
         if (!g) continue;
         const p = slot.param.variable;
         const weightDecay = slot.param.decay ? this.config.weightDecay : 0;
-        // the fused update (one kernel per moment and one for the parameter) where one is registered
-        const u = kernel?.(p, slot.m, slot.v, g, { lr, beta1: b1, beta2: b2, eps: this.config.eps, weightDecay, step: this.step });
-        if (u) {
-          slot.m.assign(u.m);
-          slot.v.assign(u.v);
-          p.assign(u.p);
-          continue;
-        }
         const m = slot.m.mul(b1).add(g.mul(1 - b1));
         const v = slot.v.mul(b2).add(g.square().mul(1 - b2));
         slot.m.assign(m);
@@ -86,32 +79,35 @@ export class AdamW {
    * the active backend: the caller then clips and calls `apply`.
    */
   applyGuarded(grads: ReadonlyMap<string, tf.Tensor>, lr: number, guard: { normAndLoss: tf.Tensor; maxNorm: number }): boolean {
+    this.step++;
+    if (this.#fused(grads, lr, guard)) return true;
+    this.step--;
+    return false;
+  }
+
+  /** The fused update at `this.step` where a fused AdamW is registered; false (nothing changed) otherwise. */
+  #fused(grads: ReadonlyMap<string, tf.Tensor>, lr: number, guard: { normAndLoss: tf.Tensor; maxNorm: number } | undefined): boolean {
     const kernel = fused('adamw');
     if (!kernel) return false;
     const [b1, b2] = this.config.betas;
-    const step = this.step + 1;
-    let first = true;
-    const done = tf.tidy(() => {
+    return tf.tidy(() => {
+      const slots: Slot[] = [];
+      const items: Array<{ p: tf.Tensor; m: tf.Tensor; v: tf.Tensor; g: tf.Tensor; weightDecay: number }> = [];
       for (const [name, slot] of this.#slots) {
         const g = grads.get(name);
         if (!g) continue;
-        const p = slot.param.variable;
-        const weightDecay = slot.param.decay ? this.config.weightDecay : 0;
-        const u = kernel(p, slot.m, slot.v, g, { lr, beta1: b1, beta2: b2, eps: this.config.eps, weightDecay, step }, guard);
-        if (!u) {
-          // the kernel declines shapes only as a whole (it is registered or not): nothing was changed yet
-          if (first) return false;
-          throw new TsformerError(`the fused AdamW declined parameter "${name}" after updating others`, 'internal');
-        }
-        first = false;
-        slot.m.assign(u.m);
-        slot.v.assign(u.v);
-        p.assign(u.p);
+        slots.push(slot);
+        items.push({ p: slot.param.variable, m: slot.m, v: slot.v, g, weightDecay: slot.param.decay ? this.config.weightDecay : 0 });
       }
+      const out = kernel(items, { lr, beta1: b1, beta2: b2, eps: this.config.eps, step: this.step }, guard);
+      if (!out) return false;
+      slots.forEach((slot, i) => {
+        slot.m.assign(out[i]!.m);
+        slot.v.assign(out[i]!.v);
+        slot.param.variable.assign(out[i]!.p);
+      });
       return true;
     });
-    if (done) this.step = step;
-    return done;
   }
 
   /** Takes back the step count of an update whose guard found a non-finite step (nothing else changed). */

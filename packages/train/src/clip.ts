@@ -1,10 +1,12 @@
-import { tf } from '@tsformer/core';
+import { fused, tf } from '@tsformer/core';
 
 /** The global L2 norm of all gradients together, as a scalar tensor (the caller disposes it). */
 export function globalNorm(grads: ReadonlyMap<string, tf.Tensor>): tf.Scalar {
   return tf.tidy(() => {
     const gs = [...grads.values()];
-    return (gs.length ? tf.addN(gs.map((g) => g.square().sum())) : tf.scalar(0)).sqrt() as tf.Scalar;
+    // one fused pass over many tensors where registered (webgpu), else a Square and a Sum per tensor
+    const fast = gs.length ? fused('sumSquares')?.(gs) : undefined;
+    return (fast ?? (gs.length ? tf.addN(gs.map((g) => g.square().sum())) : tf.scalar(0))).sqrt() as tf.Scalar;
   });
 }
 

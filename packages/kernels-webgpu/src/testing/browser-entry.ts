@@ -30,14 +30,17 @@ async function main(seed: number) {
 (globalThis as unknown as { runKernelChecks: typeof main }).runKernelChecks = main;
 
 /** A tiny DecoderLM training step on webgpu with the kernels against the same step on cpu. */
-async function modelStep(seed: number) {
+async function modelStep(seed: number, variant: 'llama' | 'gpt2' = 'llama') {
   try {
     await selectBackend('webgpu', { webgpuModule });
     registerWebGpuKernels();
-    return await modelStepCheck(seed, webgpuModule);
+    return await modelStepCheck(seed, webgpuModule, variant);
   } catch (e) {
     return { error: String((e as Error).stack ?? e) };
   }
 }
 
 (globalThis as unknown as { runModelStepCheck: typeof modelStep }).runModelStepCheck = modelStep;
+
+/** The same with GPT-2's layer (LayerNorm, GELU): the LayerNorm, GELU and sum-of-squares kernels. */
+(globalThis as unknown as { runGpt2StepCheck: (seed: number) => ReturnType<typeof modelStep> }).runGpt2StepCheck = (seed: number) => modelStep(seed, 'gpt2');

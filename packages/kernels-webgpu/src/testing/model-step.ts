@@ -24,6 +24,22 @@ export const MODEL_STEP_CONFIG: ModelConfigInput = {
   },
 };
 
+/** GPT-2's layer: LayerNorm (with bias), GELU MLP, full causal MHA with RoPE, tied embeddings. */
+export const GPT2_STEP_CONFIG: ModelConfigInput = {
+  vocabSize: 97,
+  dModel: 48,
+  nLayers: 2,
+  maxSeqLen: 32,
+  norm: { type: 'layernorm' },
+  mlp: { type: 'gelu' },
+  attention: { type: 'mha', numHeads: 4 },
+  positional: { type: 'rope', theta: 10000 },
+  tieEmbeddings: true,
+};
+
+/** The kernels the GPT-2-shaped step must run on webgpu (each at least once). */
+export const GPT2_STEP_KERNELS = ['TsfFlashAttention', 'TsfFlashAttentionGrad', 'TsfLayerNorm', 'TsfLayerNormGrad', 'TsfGelu', 'TsfGeluGrad', 'TsfRope', 'TsfSparseXent', 'TsfSumSquares', 'TsfAdamW'];
+
 /** The kernels the step must run on webgpu (each at least once). */
 export const MODEL_STEP_KERNELS = [
   'TsfFlashAttention',
@@ -83,8 +99,8 @@ function countKernels(names: string[], backend: string, counts: Record<string, n
   };
 }
 
-async function step(seed: number, batch: Batch): Promise<StepResult> {
-  const model = new DecoderLM(MODEL_STEP_CONFIG, { seed });
+async function step(seed: number, batch: Batch, config: ModelConfigInput): Promise<StepResult> {
+  const model = new DecoderLM(config, { seed });
   const ids = tf.tensor2d(batch.inputs, [batch.batchSize, batch.seqLen], 'int32');
   const targets = tf.tensor2d(batch.targets, [batch.batchSize, batch.seqLen], 'int32');
   const { value, grads } = tf.variableGrads(() => sparseCrossEntropy(model.forward(ids).logits, targets), model.trainableVariables());
@@ -107,7 +123,9 @@ async function step(seed: number, batch: Batch): Promise<StepResult> {
  * The step on webgpu (kernels registered by the caller) and then on cpu; leaves cpu active.
  * `webgpuModule`: the backend module, for bundles that cannot import it by name.
  */
-export async function modelStepCheck(seed: number, webgpuModule?: unknown): Promise<ModelStepReport> {
+export async function modelStepCheck(seed: number, webgpuModule?: unknown, variant: 'llama' | 'gpt2' = 'llama'): Promise<ModelStepReport> {
+  const config = variant === 'gpt2' ? GPT2_STEP_CONFIG : MODEL_STEP_CONFIG;
+  const kernels = variant === 'gpt2' ? GPT2_STEP_KERNELS : MODEL_STEP_KERNELS;
   // B * T = 64 rows: the MLP and output-head products take the package's matmul (>= 64 rows and columns)
   const B = 2;
   const T = 32;
@@ -116,7 +134,7 @@ export async function modelStepCheck(seed: number, webgpuModule?: unknown): Prom
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     return s % n;
   };
-  const vocab = MODEL_STEP_CONFIG.vocabSize;
+  const vocab = config.vocabSize;
   const batch: Batch = {
     inputs: Int32Array.from({ length: B * T }, () => next(vocab)),
     targets: Int32Array.from({ length: B * T }, () => next(vocab)),
@@ -125,19 +143,19 @@ export async function modelStepCheck(seed: number, webgpuModule?: unknown): Prom
   };
   await selectBackend('webgpu', { webgpuModule });
   const kernelCalls: Record<string, number> = {};
-  const restore = countKernels(MODEL_STEP_KERNELS, 'webgpu', kernelCalls);
+  const restore = countKernels(kernels, 'webgpu', kernelCalls);
   let gpu: StepResult;
   let leaked: number;
   try {
-    await step(seed, batch); // warm-up: compiles every pipeline, so the count below is not the pool's growth
+    await step(seed, batch, config); // warm-up: compiles every pipeline, so the count below is not the pool's growth
     const before = tf.memory().numTensors;
-    gpu = await step(seed, batch);
+    gpu = await step(seed, batch, config);
     leaked = tf.memory().numTensors - before;
   } finally {
     restore();
   }
   await selectBackend('cpu');
-  const cpu = await step(seed, batch);
+  const cpu = await step(seed, batch, config);
   const gradErrors: Record<string, number> = {};
   for (const [name, g] of cpu.grads) {
     const a = tf.tensor(gpu.grads.get(name)!);
