@@ -96,8 +96,12 @@ try {
   console.log('(could not count createBuffer on this device object)');
 }
 
+// a GPU-resident tensor: tfjs-webgpu runs small ops whose inputs are all on the host on the CPU, and
+// reading such a result would not wait for the GPU
+const onGpu = tf.tidy(() => tf.randomNormal([4096]).add(1));
+/** Waits until the GPU has finished everything submitted so far (queue order). */
 async function drain(): Promise<void> {
-  const s = tf.tidy(() => tf.scalar(0).add(1));
+  const s = tf.tidy(() => onGpu.sum());
   await s.data();
   s.dispose();
 }
@@ -251,4 +255,5 @@ console.log(
 }
 model.dispose();
 opt.dispose();
+onGpu.dispose();
 console.log(`tensors left: ${tf.memory().numTensors}`);

@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, f32, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused LayerNorm over the last axis (GPT-2's norm):
@@ -9,10 +9,10 @@ import { KernelProgram, f32, kernelActive, run, type WebGpuBackendLike } from '.
  *
  * Forward: one dispatch, one workgroup per row; nothing but y is written (tfjs would otherwise hand
  * the backward a host-made zero gradient for every unused extra output). Backward: the row
- * statistics are recomputed in one pass ([N, 2]), then dx one workgroup per row, and dweight/dbias
- * as a two-stage column sum. Against the composite (tf.moments and ~10 elementwise ops forward,
+ * statistics are recomputed with dx (one dispatch, one workgroup per row, writing dx and the
+ * [N, 2] statistics), then dweight/dbias as a two-stage column sum. Against the composite (tf.moments and ~10 elementwise ops forward,
  * ~25 backward, whose Mean gradients each upload a host-made tensor of ones the size of x), a
- * LayerNorm costs 1 dispatch forward and 5 backward.
+ * LayerNorm costs 1 dispatch forward and 3 backward.
  */
 export const LAYER_NORM = 'TsfLayerNorm';
 export const LAYER_NORM_GRAD = 'TsfLayerNormGrad';
@@ -38,34 +38,32 @@ export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | und
 
 const THREADS = 128;
 
-/** Row statistics in a workgroup of THREADS threads: mean, then 1/sqrt(var + eps) (two passes over the row). */
+/**
+ * Row statistics in a workgroup of THREADS threads (`tid` the local index): mean, then
+ * 1/sqrt(var + eps) (two passes over the row).
+ */
 function rowStats(eps: number): string {
   return `
     var<workgroup> red: array<f32, ${THREADS}>;
-    var<workgroup> rowShared: u32;
-    fn wgSum(v: f32) -> f32 {
-      red[localIndex] = v;
+    fn wgSum(v: f32, tid: u32) -> f32 {
+      red[tid] = v;
       workgroupBarrier();
       for (var s = ${THREADS / 2}u; s > 0u; s >>= 1u) {
-        if (localIndex < s) { red[localIndex] += red[localIndex + s]; }
+        if (tid < s) { red[tid] += red[tid + s]; }
         workgroupBarrier();
       }
       let total = red[0];
       workgroupBarrier();
       return total;
     }
-    fn row() -> u32 {
-      if (localIndex == 0u) { rowShared = wgIndex(); }
-      return workgroupUniformLoad(&rowShared);
-    }
     // [mean, rstd] of row n
-    fn stats(n: u32) -> vec2<f32> {
+    fn stats(n: u32, tid: u32) -> vec2<f32> {
       var s = 0.0;
-      for (var d = localIndex; d < D; d += ${THREADS}u) { s += X[n * D + d]; }
-      let mean = wgSum(s) / f32(D);
+      for (var d = tid; d < D; d += ${THREADS}u) { s += X[n * D + d]; }
+      let mean = wgSum(s, tid) / f32(D);
       var ss = 0.0;
-      for (var d = localIndex; d < D; d += ${THREADS}u) { let c = X[n * D + d] - mean; ss += c * c; }
-      return vec2<f32>(mean, inverseSqrt(wgSum(ss) / f32(D) + ${f32(eps)}));
+      for (var d = tid; d < D; d += ${THREADS}u) { let c = X[n * D + d] - mean; ss += c * c; }
+      return vec2<f32>(mean, inverseSqrt(wgSum(ss, tid) / f32(D) + ${f32(eps)}));
     }`;
 }
 
@@ -79,10 +77,13 @@ function forwardProgram(N: number, D: number, eps: number, hasBias: boolean): Ke
     body: `
       const N = ${N}u; const D = ${D}u;
       ${rowStats(eps)}
+      var<workgroup> rowShared: u32;
       fn kernel() {
-        let n = row();
+        // the row index through workgroup memory: uniform for the barriers in wgSum
+        if (localIndex == 0u) { rowShared = wgIndex(); }
+        let n = workgroupUniformLoad(&rowShared);
         if (n >= N) { return; }
-        let st = stats(n);
+        let st = stats(n, localIndex);
         for (var d = localIndex; d < D; d += ${THREADS}u) {
           result[n * D + d] = (X[n * D + d] - st.x) * st.y * W[d]${hasBias ? ' + BS[d]' : ''};
         }
@@ -90,55 +91,42 @@ function forwardProgram(N: number, D: number, eps: number, hasBias: boolean): Ke
   });
 }
 
-/** [mean, rstd] per row: [N, 2]. */
-function statsProgram(N: number, D: number, eps: number): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_ln_stats_${N}_${D}_${eps}`,
-    outputShape: [N, 2],
-    inputs: ['X'],
+/**
+ * Per row: the statistics recomputed ([mean, rstd] -> S [N, 2], for the column sums), and
+ * dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy w and xhat = (x - mean) rstd -> DX [N, D].
+ */
+function dxProgram(N: number, D: number, eps: number): MultiOutputProgram {
+  return {
+    key: `tsf_ln_dx_${N}_${D}_${eps}`,
+    inputs: ['X', 'W', 'DY'],
+    outputs: [
+      { name: 'DX', shape: [N, D] },
+      { name: 'S', shape: [N, 2] },
+    ],
     threads: THREADS,
     numGroups: N,
     body: `
       const N = ${N}u; const D = ${D}u;
       ${rowStats(eps)}
-      fn kernel() {
-        let n = row();
-        if (n >= N) { return; }
-        let st = stats(n);
-        if (localIndex == 0u) { result[2u * n] = st.x; result[2u * n + 1u] = st.y; }
-      }`,
-  });
-}
-
-/** dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy w and xhat = (x - mean) rstd, per row. */
-function dxProgram(N: number, D: number): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_ln_dx_${N}_${D}`,
-    outputShape: [N, D],
-    inputs: ['X', 'W', 'S', 'DY'],
-    threads: THREADS,
-    numGroups: N,
-    body: `
-      const N = ${N}u; const D = ${D}u;
-      ${rowStats(0)}
-      fn kernel() {
-        let n = row();
-        if (n >= N) { return; }
-        let mean = S[2u * n]; let rstd = S[2u * n + 1u];
+      fn kernel(wg: u32, tid: u32) {
+        let n = wg; // one workgroup per row (uniform: from the workgroup id)
+        let st = stats(n, tid);
+        let mean = st.x; let rstd = st.y;
         var sg = 0.0; var sgx = 0.0;
-        for (var d = localIndex; d < D; d += ${THREADS}u) {
+        for (var d = tid; d < D; d += ${THREADS}u) {
           let g = DY[n * D + d] * W[d];
           sg += g;
           sgx += g * (X[n * D + d] - mean) * rstd;
         }
-        let mg = wgSum(sg) / f32(D);
-        let mgx = wgSum(sgx) / f32(D);
-        for (var d = localIndex; d < D; d += ${THREADS}u) {
+        let mg = wgSum(sg, tid) / f32(D);
+        let mgx = wgSum(sgx, tid) / f32(D);
+        for (var d = tid; d < D; d += ${THREADS}u) {
           let xhat = (X[n * D + d] - mean) * rstd;
-          result[n * D + d] = rstd * (DY[n * D + d] * W[d] - mg - xhat * mgx);
+          DX[n * D + d] = rstd * (DY[n * D + d] * W[d] - mg - xhat * mgx);
         }
+        if (tid == 0u) { S[2u * n] = mean; S[2u * n + 1u] = rstd; }
       }`,
-  });
+  };
 }
 
 /** Stage 1 of dweight and dbias: partial column sums over C chunks of rows, [C, 2D] = [dw part | db part]. */
@@ -169,23 +157,27 @@ function partialProgram(N: number, D: number, C: number): KernelProgram {
   });
 }
 
-/** Stage 2: the sum over the C partial rows of one half (0: dweight, 1: dbias) -> [D]. */
-function finalProgram(D: number, C: number, half: 0 | 1): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_ln_dwb2_${D}_${C}_${half}`,
-    outputShape: [D],
+/** Stage 2: the sums over the C partial rows -> dweight [D] and dbias [D]. */
+function finalProgram(D: number, C: number): MultiOutputProgram {
+  return {
+    key: `tsf_ln_dwb2_${D}_${C}`,
     inputs: ['P'],
+    outputs: [
+      { name: 'DW', shape: [D] },
+      { name: 'DB', shape: [D] },
+    ],
     threads: 64,
     numGroups: Math.ceil(D / 64),
     body: `
-      fn kernel() {
-        let d = wgIndex() * 64u + localIndex;
+      fn kernel(wg: u32, tid: u32) {
+        let d = wg * 64u + tid;
         if (d >= ${D}u) { return; }
-        var acc = 0.0;
-        for (var c = 0u; c < ${C}u; c++) { acc += P[c * ${2 * D}u + ${half * D}u + d]; }
-        result[d] = acc;
+        var dw = 0.0; var db = 0.0;
+        for (var c = 0u; c < ${C}u; c++) { dw += P[c * ${2 * D}u + d]; db += P[c * ${2 * D}u + ${D}u + d]; }
+        DW[d] = dw;
+        DB[d] = db;
       }`,
-  });
+  };
 }
 
 export function registerLayerNorm(): void {
@@ -211,15 +203,13 @@ export function registerLayerNorm(): void {
         const { x, weight, dy } = inputs as Record<string, TensorInfo>;
         const D = x!.shape[x!.shape.length - 1]!;
         const N = tf.util.sizeFromShape(x!.shape) / D;
-        const s = run(be, statsProgram(N, D, attrs!.eps as number), [x!]); // [N, 2]
-        const dx = run(be, dxProgram(N, D), [x!, weight!, s, dy!]);
+        const [dx, s] = runMultiOutput(be, dxProgram(N, D, attrs!.eps as number), [x!, weight!, dy!]); // [N, D], [N, 2]
         const C = Math.max(1, Math.min(256, Math.ceil(N / 32)));
-        const partial = run(be, partialProgram(N, D, C), [x!, s, dy!]); // [C, 2D]
-        const dw = run(be, finalProgram(D, C, 0), [partial]);
-        const db = run(be, finalProgram(D, C, 1), [partial]);
-        be.disposeData(s.dataId);
+        const partial = run(be, partialProgram(N, D, C), [x!, s!, dy!]); // [C, 2D]
+        const [dw, db] = runMultiOutput(be, finalProgram(D, C), [partial]);
+        be.disposeData(s!.dataId);
         be.disposeData(partial.dataId);
-        return [{ ...dx, shape: x!.shape }, dw, db];
+        return [{ ...dx!, shape: x!.shape }, dw!, db!];
       },
     });
   }
