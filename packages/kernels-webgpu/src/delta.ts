@@ -1,28 +1,29 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
-import { matMul, tf } from '@tsformer/core';
+import { customOp, tf } from '@tsformer/core';
 import { KernelProgram, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
 
 /**
- * Chunked DeltaNet and Gated DeltaNet on webgpu: the composite chunked form of `@tsformer/ops`
- * (README there derives it) with its two sequential parts replaced by WGSL kernels:
+ * Chunked DeltaNet and Gated DeltaNet on webgpu: the chunked (WY/UT) form of `@tsformer/ops`
+ * (README there derives it) as one custom op with a hand-written backward, its two sequential
+ * parts as WGSL kernels:
  *
  *  - `TsfDeltaSolve`: X = (I + L)^-1 for the strictly lower triangular L = tril(diag(beta) (K K^T o D), -1)
  *    of every chunk, by forward substitution in workgroup memory (one workgroup per chunk-head, one
- *    thread per column of X). Gradient: dL = -tril(X^T dX X^T, -1) (tfjs matmuls).
+ *    thread per column of X).
  *  - `TsfDeltaRecur`: the inter-chunk state recurrence, all chunks in one dispatch. Per (b, h, tile of
  *    value columns) one workgroup carries the state tile S [K, VT] in workgroup memory and, chunk by
  *    chunk, computes U = U~ - W S, saves S (the state at the chunk start, read by the output), and
  *    updates S <- gamma_C S + (exp(G_C - G) o K)^T U. Columns of the state are independent, so value
  *    tiles run in parallel.
  *  - `TsfDeltaRecurGrad`: the same kernel run backwards over the chunks for the state's gradient:
- *    X = dU + Kw dS', dS <- gamma_C dS' - W^T X + dS_start (Kw = exp(G_C - G) o K), saving dS' per
- *    chunk; the products that need it (dW = -X S^T, dKw = U dS'^T, dgamma_C = <S, dS'>) then run for
- *    all chunks at once as batched matmuls.
+ *    dU = dU_o + Kw dS', dS <- gamma_C dS' - W^T dU + dS_start (Kw = exp(G_C - G) o K), saving dS'
+ *    per chunk.
  *
- * Everything else (decay masks, K K^T, W = T (gamma o K), U~ = T V, the intra-chunk output) is the
- * composite's per-chunk batched products over [N*B*H, C, *], differentiated by tfjs autodiff through
- * the two kernels' registered gradients. No T x T tensor exists: the largest is [N*B*H, C, C].
- * The initial state's gradient and the final state are supported fully.
+ * Everything else (decay masks, K K^T, W = T (gamma o K), U~ = T V, the intra-chunk output, and every
+ * local gradient given dU and dS') is batched products over [N*B*H, C, *]: all chunks at once. No
+ * T x T tensor exists: the largest is [N*B*H, C, C]. Gradients flow to q, k, v, beta, g and the
+ * initial state, through o and the final state. The backward is written out (`backward`) instead of
+ * tfjs autodiff: about a third of the ops autodiff made (the step is host-bound on tfjs-webgpu).
  */
 export const DELTA_SOLVE = 'TsfDeltaSolve';
 export const DELTA_RECUR = 'TsfDeltaRecur';
@@ -58,10 +59,156 @@ function maxChunk(limit: number): number {
   return c;
 }
 
+/** Sizes of one call: chunk C (the kernel's), N chunks, M = N * B * H chunk-heads. */
+interface Dims {
+  B: number;
+  T: number;
+  H: number;
+  K: number;
+  V: number;
+  C: number;
+  N: number;
+  M: number;
+}
+
+/** [B, T, H, D] -> [N*B*H, C, D] (chunk-major), zero-padded to N*C tokens; inert padding. */
+function toChunks(x: tf.Tensor, d: Dims, D: number): tf.Tensor {
+  const { B, T, H, C, N, M } = d;
+  const padded = N * C > T ? x.pad([[0, 0], [0, N * C - T], [0, 0], [0, 0]]) : x; // [B, N*C, H, D]
+  return padded
+    .reshape([B, N, C, H, D]) // [B, N, C, H, D]
+    .transpose([1, 0, 3, 2, 4]) // [N, B, H, C, D]: one copy
+    .reshape([M, C, D]); // [N*B*H, C, D]
+}
+
+/** The inverse of toChunks: [N*B*H, C, D] -> [B, T, H, D] (padding dropped). */
+function fromChunks(x: tf.Tensor, d: Dims, D: number): tf.Tensor {
+  const { B, T, H, C, N } = d;
+  const y = x
+    .reshape([N, B, H, C, D]) // [N, B, H, C, D]
+    .transpose([1, 0, 3, 2, 4]) // [B, N, C, H, D]: one copy
+    .reshape([B, N * C, H, D]); // [B, N*C, H, D]
+  return N * C > T ? y.slice([0, 0, 0, 0], [B, T, H, D]) : y; // [B, T, H, D]
+}
+
+/** Forward intermediates kept for the backward (all chunk-major [M, ...]). */
+const SAVED = ['qc', 'kc', 'vc', 'bc', 'X', 'Tm', 'gK', 'w', 'kWrite', 'u', 'starts', 'qRead', 'qkl', 'kk', 'decay', 'gamma', 'toEnd', 'chunkDecay'] as const;
+type Saved = Record<(typeof SAVED)[number], tf.Tensor>;
+
+/**
+ * The forward, per chunk (rows r, i; G the in-chunk cumulative log decay, 0 ungated):
+ *   L = tril(diag(beta) (K K^T o D), -1);  X = (I + L)^-1 (TsfDeltaSolve);  T = X diag(beta)
+ *   W = T (gamma o K),  U~ = T V;  U, S_start, S_final from TsfDeltaRecur
+ *   O = (gamma o Qs) S_start + (Qs K^T o lower o D) U,   Qs = scale q
+ */
+function forward(d: Dims, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, beta: tf.Tensor, g: tf.Tensor | undefined, s0: tf.Tensor | undefined, scale: number): { o: tf.Tensor; last: tf.Tensor; saved: Saved } {
+  const { B, H, K, V, C, M } = d;
+  const qc = toChunks(q, d, K).mul(scale); // [M, C, K]
+  const kc = toChunks(k, d, K); // [M, C, K]
+  const vc = toChunks(v, d, V); // [M, C, V]
+  const bc = toChunks(beta.expandDims(3), d, 1); // [M, C, 1]
+  const lower = triangle(C, true); // [C, C], 1 where i <= r
+  const strict = triangle(C, false); // [C, C], 1 where i < r
+  let decay = lower; // [M, C, C] gated: exp(G_r - G_i) for i <= r, else 0; ungated: the mask
+  let gamma = tf.ones([M, C, 1]); // exp(G_r)
+  let toEnd = gamma; // [M, C, 1]: exp(G_C - G_r)
+  let chunkDecay = tf.ones([M]); // [M]: exp(G_C)
+  if (g) {
+    const G = toChunks(g.expandDims(3), d, 1).reshape([M, C]).cumsum(1).reshape([M, C, 1]); // [M, C, 1]
+    const last = G.slice([0, C - 1, 0], [M, 1, 1]); // [M, 1, 1]
+    // the exponent is masked first: the upper triangle is exp(0), not an overflow
+    decay = G.sub(G.reshape([M, 1, C])).mul(lower).exp().mul(lower); // [M, C, C]
+    gamma = G.exp();
+    toEnd = last.sub(G).exp();
+    chunkDecay = last.exp().reshape([M]);
+  }
+  const kk = tf.matMul(kc, kc, false, true); // [M, C, C]: K K^T
+  const L = kk.mul(bc).mul(g ? decay.mul(strict) : strict); // [M, C, C]: A - I
+  const X = tf.engine().runKernel(DELTA_SOLVE, { l: L }) as tf.Tensor; // [M, C, C]: A^-1
+  const Tm = X.mul(bc.reshape([M, 1, C])); // [M, C, C]: A^-1 diag(beta)
+  const gK = g ? kc.mul(gamma) : kc; // [M, C, K]
+  const w = tf.matMul(Tm, gK); // [M, C, K]
+  const uTilde = tf.matMul(Tm, vc); // [M, C, V]
+  const kWrite = g ? kc.mul(toEnd) : kc; // [M, C, K]
+  const init = s0 ? s0.reshape([B * H, K, V]) : tf.zeros([B * H, K, V]); // [B*H, K, V]
+  const [u, starts, last] = tf.engine().runKernel(DELTA_RECUR, { p: uTilde, q1: w, q2: kWrite, decay: chunkDecay, s0: init }) as tf.Tensor[];
+  // u [M, C, V]: the chunks' true pseudo-values; starts [M, K, V]: the state at each chunk's start
+  const qkl = tf.matMul(qc, kc, false, true).mul(lower); // [M, C, C]
+  const qRead = g ? qc.mul(gamma) : qc; // [M, C, K]
+  const out = tf.matMul(qRead, starts!).add(tf.matMul(g ? qkl.mul(decay) : qkl, u!)); // [M, C, V]
+  const saved: Saved = { qc, kc, vc, bc, X, Tm, gK, w, kWrite, u: u!, starts: starts!, qRead, qkl, kk, decay, gamma, toEnd, chunkDecay };
+  return { o: fromChunks(out, d, V), last: last!.reshape([B, H, K, V]), saved };
+}
+
+/**
+ * The backward, per chunk, given dO and the final state's gradient dS_N:
+ *   dU_o = P^T dO, dS_start = (gamma o Qs)^T dO (P = Qs K^T o lower o D)
+ *   TsfDeltaRecurGrad: dU = dU_o + Kw dS' (Kw = exp(G_C - G) o K), dS' per chunk, dS_0
+ *   dW = -dU S^T, dKw = U dS'^T, dgamma_C = <S, dS'>
+ *   dT = dW (gamma o K)^T + dU V^T;  dV = T^T dU;  d(gamma o K) = T^T dW
+ *   dX = dT diag(beta);  dbeta_i += sum_r dT_ri X_ri;  dL = -tril(X^T dX X^T, -1)
+ *   dbeta_r += sum_i dL_ri (K K^T o D)_ri;  d(K K^T) = (diag(beta) dL) o D
+ *   dP = dO U^T o lower o D;  dQs = dP K + gamma o (dO S^T);  dK += dP^T Qs + d(KK^T) K + d(KK^T)^T K + ...
+ * and for the decay, dG from gamma, exp(G_C - G), gamma_C and D, then dg = reverse cumsum of dG.
+ */
+function backward(d: Dims, gated: boolean, s: Saved, dO: tf.Tensor, dLast: tf.Tensor, scale: number): { dq: tf.Tensor; dk: tf.Tensor; dv: tf.Tensor; dbeta: tf.Tensor; dg?: tf.Tensor; ds0: tf.Tensor } {
+  const { B, H, K, V, C, M } = d;
+  const strict = triangle(C, false); // [C, C]
+  const dOc = toChunks(dO, d, V); // [M, C, V]
+  const P = gated ? s.qkl.mul(s.decay) : s.qkl; // [M, C, C]
+  const dUo = tf.matMul(P, dOc, true, false); // [M, C, V]
+  const dStarts = tf.matMul(s.qRead, dOc, true, false); // [M, K, V]
+  const [dU, ends, ds0] = tf.engine().runKernel(DELTA_RECUR_GRAD, {
+    p: dUo,
+    q1: s.kWrite,
+    q2: s.w,
+    decay: s.chunkDecay,
+    s0: dLast.reshape([B * H, K, V]), // [B*H, K, V]
+    r: dStarts,
+  }) as tf.Tensor[];
+  // dU [M, C, V]: the pseudo-values' gradient; ends [M, K, V]: the gradient of each chunk's final state
+  const dWn = tf.matMul(dU!, s.starts, false, true); // [M, C, K]: -dW
+  const dKw = tf.matMul(s.u, ends!, false, true); // [M, C, K]
+  const dT = tf.matMul(dU!, s.vc, false, true).sub(tf.matMul(dWn, s.gK, false, true)); // [M, C, C]
+  const dv = tf.matMul(s.Tm, dU!, true, false); // [M, C, V]
+  const dgK = tf.matMul(s.Tm, dWn, true, false).neg(); // [M, C, K]
+  const dX = dT.mul(s.bc.reshape([M, 1, C])); // [M, C, C]
+  const dLn = tf.matMul(tf.matMul(s.X, dX, true, false), s.X, false, true).mul(strict); // [M, C, C]: -dL
+  const kkd = gated ? s.kk.mul(s.decay) : s.kk; // [M, C, C]: K K^T o D
+  const dbeta = dT.mul(s.X).sum(1).sub(dLn.mul(kkd).sum(2)); // [M, C]
+  const dKK = gated ? dLn.mul(s.bc).mul(s.decay).neg() : dLn.mul(s.bc).neg(); // [M, C, C]: d(K K^T), strictly lower
+  const dPm = tf.matMul(dOc, s.u, false, true); // [M, C, C]: dO U^T
+  const dPD = dPm.mul(s.decay); // [M, C, C]: decay is the lower mask itself ungated
+  const dqRead = tf.matMul(dOc, s.starts, false, true); // [M, C, K]: dO S^T
+  const dQs = tf.matMul(dPD, s.kc).add(gated ? dqRead.mul(s.gamma) : dqRead); // [M, C, K]
+  let dK = tf.matMul(dKK, s.kc).add(tf.matMul(dKK, s.kc, true, false)).add(tf.matMul(dPD, s.qc, true, false)); // [M, C, K]
+  dK = gated ? dK.add(dgK.mul(s.gamma)).add(dKw.mul(s.toEnd)) : dK.add(dgK).add(dKw);
+  let dg: tf.Tensor | undefined;
+  if (gated) {
+    // dG_r from gamma_r (in W and in the read), exp(G_C - G_r), and D (rows +, columns -)
+    const dGamma = dgK.mul(s.kc).sum(2).add(dqRead.mul(s.qc).sum(2)).mul(s.gamma.reshape([M, C])); // [M, C]
+    const dE = dKw.mul(s.kc).sum(2).mul(s.toEnd.reshape([M, C])); // [M, C]
+    const dDD = dKK.mul(s.kk).add(dPD.mul(s.qkl)); // [M, C, C]: dD o D (dKK and dPD carry D already)
+    const dLastG = dE.sum(1, true).add(s.starts.mul(ends!).sum([1, 2]).mul(s.chunkDecay).reshape([M, 1])); // [M, 1]
+    const lastOnly = tf.oneHot(tf.fill([M], C - 1, 'int32'), C); // [M, C]: 1 at the chunk's last row
+    const dG = dGamma.sub(dE).add(dDD.sum(2)).sub(dDD.sum(1)).add(lastOnly.mul(dLastG)); // [M, C]
+    dg = fromChunks(dG.cumsum(1, false, true).reshape([M, C, 1]), d, 1).reshape([B, d.T, H]); // [B, T, H]
+  }
+  return {
+    dq: fromChunks(dQs.mul(scale), d, K),
+    dk: fromChunks(dK, d, K),
+    dv: fromChunks(dv, d, V),
+    dbeta: fromChunks(dbeta.reshape([M, C, 1]), d, 1).reshape([B, d.T, H]), // [B, T, H]
+    dg,
+    ds0: ds0!.reshape([B, H, K, V]),
+  };
+}
+
 /**
  * DeltaNet (g undefined) or Gated DeltaNet, chunked, through the kernels. q, k [B, T, H, K],
  * v [B, T, H, V], beta and g [B, T, H]. Same meaning and gradients as the composite `deltaChunk` /
- * `gatedDeltaChunk` of @tsformer/ops; the caller owns the returned tensors.
+ * `gatedDeltaChunk` of @tsformer/ops (q, k, v, beta, g and the initial state, through o and the
+ * final state); the caller owns the returned tensors.
  */
 export function deltaChunkKernels(
   q: tf.Tensor,
@@ -75,66 +222,42 @@ export function deltaChunkKernels(
   const V = v.shape[3]!;
   const C = Math.min(opts.chunkSize, maxChunk(deviceLimits()[0]), T);
   const N = Math.ceil(T / C);
-  const BH = B * H;
-  const M = N * BH; // chunk-heads, chunk-major: chunk n is rows [n * BH, (n + 1) * BH)
-  const [o, finalState] = tf.tidy(() => {
-    // Padding has beta = 0, k = 0, g = 0: its delta updates are the identity, so it is inert.
-    const toChunks = (x: tf.Tensor, D: number): tf.Tensor => {
-      const padded = N * C > T ? x.pad([[0, 0], [0, N * C - T], [0, 0], [0, 0]]) : x; // [B, N*C, H, D]
-      return padded
-        .transpose([0, 2, 1, 3]) // [B, H, N*C, D]
-        .reshape([BH, N, C, D]) // [B*H, N, C, D]
-        .transpose([1, 0, 2, 3]) // [N, B*H, C, D]
-        .reshape([M, C, D]); // [N*B*H, C, D]
+  const d: Dims = { B, T, H, K, V, C, N, M: N * B * H };
+  const s0 = opts.initialState;
+  const inputs = [q, k, v, beta, ...(g ? [g] : []), ...(s0 ? [s0] : [])];
+  const nO = B * T * H * V;
+  // One custom op: its value packs o and the final state (customGrad takes one output).
+  const op = customOp((...args) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const xs = args.slice(0, -1) as tf.Tensor[];
+    const f = forward(d, xs[0]!, xs[1]!, xs[2]!, xs[3]!, g ? xs[4] : undefined, s0 ? xs[xs.length - 1] : undefined, opts.scale);
+    save(SAVED.map((name) => f.saved[name]));
+    return {
+      value: tf.concat([f.o.reshape([nO]), f.last.reshape([B * H * K * V])]), // [B*T*H*V + B*H*K*V]
+      gradFunc: (dy: tf.Tensor, savedList: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const saved = Object.fromEntries(SAVED.map((name, i) => [name, savedList[i]!])) as Saved;
+          const dO = dy.slice([0], [nO]).reshape([B, T, H, V]); // [B, T, H, V]
+          const dLast = dy.slice([nO], [B * H * K * V]); // [B*H*K*V]
+          const r = backward(d, g !== undefined, saved, dO, dLast, opts.scale);
+          return [r.dq, r.dk, r.dv, r.dbeta, ...(r.dg ? [r.dg] : []), ...(s0 ? [r.ds0] : [])];
+        }),
     };
-    const perToken = (x: tf.Tensor): tf.Tensor => toChunks(x.expandDims(3), 1); // [B, T, H] -> [N*B*H, C, 1]
-
-    const qc = toChunks(q, K).mul(opts.scale); // [M, C, K]
-    const kc = toChunks(k, K); // [M, C, K]
-    const vc = toChunks(v, V); // [M, C, V]
-    const bc = perToken(beta); // [M, C, 1]
-    const lower = tf.linalg.bandPart(tf.ones([C, C]), -1, 0); // [C, C], 1 where i <= r
-    const strict = lower.sub(tf.eye(C)); // [C, C], 1 where i < r
-
-    let decay: tf.Tensor | undefined; // [M, C, C]: exp(G_r - G_i) for i <= r, else 0
-    let gamma: tf.Tensor | undefined; // [M, C, 1]: exp(G_r)
-    let toEnd: tf.Tensor | undefined; // [M, C, 1]: exp(G_C - G_r)
-    let chunkDecay: tf.Tensor; // [M]: exp(G_C)
-    if (g) {
-      // cumsum along the last axis: tfjs 4.22's Cumsum gradient mis-shapes other axes
-      const G = perToken(g).reshape([M, C]).cumsum(1).reshape([M, C, 1]); // [M, C, 1]
-      const last = G.slice([0, C - 1, 0], [M, 1, 1]); // [M, 1, 1]
-      decay = G.sub(G.reshape([M, 1, C])).mul(lower).exp().mul(lower); // [M, C, C]
-      gamma = G.exp();
-      toEnd = last.sub(G).exp();
-      chunkDecay = last.exp().reshape([M]); // [M]
-    } else {
-      chunkDecay = tf.ones([M]); // [M]
-    }
-    const withDecay = (x: tf.Tensor): tf.Tensor => (decay ? x.mul(decay) : x);
-
-    const L = withDecay(matMul(kc.mul(bc), kc, false, true).mul(strict)); // [M, C, C]: A - I
-    const X = tf.engine().runKernel(DELTA_SOLVE, { l: L }) as tf.Tensor; // [M, C, C]: A^-1
-    const Tm = X.mul(bc.reshape([M, 1, C])); // [M, C, C]: A^-1 diag(beta)
-    const w = matMul(Tm, gamma ? kc.mul(gamma) : kc); // [M, C, K]
-    const uTilde = matMul(Tm, vc); // [M, C, V]
-    const kWrite = toEnd ? kc.mul(toEnd) : kc; // [M, C, K]
-    const s0 = opts.initialState ? opts.initialState.reshape([BH, K, V]) : tf.zeros([BH, K, V]); // [B*H, K, V]
-    const [u, starts, last] = tf.engine().runKernel(DELTA_RECUR, { p: uTilde, q1: w, q2: kWrite, decay: chunkDecay, s0 }) as tf.Tensor[];
-    // u [M, C, V]: the chunks' true pseudo-values; starts [M, K, V]: the state at each chunk's start
-
-    const attn = withDecay(matMul(qc, kc, false, true).mul(lower)); // [M, C, C]
-    const qRead = gamma ? qc.mul(gamma) : qc; // [M, C, K]
-    const out = matMul(qRead, starts!)
-      .add(matMul(attn, u!)) // [M, C, V]
-      .reshape([N, BH, C, V]) // [N, B*H, C, V]
-      .transpose([1, 0, 2, 3]) // [B*H, N, C, V]
-      .reshape([B, H, N * C, V]) // [B, H, N*C, V]
-      .transpose([0, 2, 1, 3]); // [B, N*C, H, V]
-    const o = N * C > T ? out.slice([0, 0, 0, 0], [B, T, H, V]) : out; // [B, T, H, V]
-    return [o, last!.reshape([B, H, K, V])] as [tf.Tensor, tf.Tensor]; // [B, H, K, V]
   });
-  return { o, finalState };
+  return tf.tidy(() => {
+    const packed = op(...inputs);
+    return { o: packed.slice([0], [nO]).reshape([B, T, H, V]), finalState: packed.slice([nO], [B * H * K * V]).reshape([B, H, K, V]) };
+  });
+}
+
+/**
+ * The lower-triangular mask [C, C] (1 where i <= r, or i < r when not `diagonal`), made on the host:
+ * one upload instead of tfjs's bandPart (about ten ops).
+ */
+function triangle(C: number, diagonal: boolean): tf.Tensor {
+  const m = new Float32Array(C * C);
+  for (let r = 0; r < C; r++) for (let i = 0; i < (diagonal ? r + 1 : r); i++) m[r * C + i] = 1;
+  return tf.tensor(m, [C, C]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,7 +414,7 @@ function runRecur(be: WebGpuBackendLike, inputs: TensorInfo[], reverse: boolean)
   return [y, saved, last];
 }
 
-/** Registers the three kernels for `webgpu` and the gradients of the solve and the recurrence. */
+/** Registers the three kernels for `webgpu` (their gradient is `deltaChunkKernels`'s custom op). */
 export function registerDelta(): void {
   if (!tf.getKernel(DELTA_SOLVE, 'webgpu')) {
     tf.registerKernel({
@@ -317,53 +440,6 @@ export function registerDelta(): void {
       kernelFunc: ({ inputs, backend }) => {
         const { p, q1, q2, decay, s0, r } = inputs as Record<string, TensorInfo>;
         return runRecur(backend as unknown as WebGpuBackendLike, [p!, q1!, q2!, decay!, s0!, r!], true);
-      },
-    });
-  }
-  if (!tf.getGradient(DELTA_SOLVE)) {
-    tf.registerGradient({
-      kernelName: DELTA_SOLVE,
-      inputsToSave: [],
-      outputsToSave: [true],
-      gradFunc: (dy, saved) => {
-        const [X] = saved as tf.Tensor[];
-        const dX = Array.isArray(dy) ? dy[0]! : dy;
-        const C = X!.shape[1]!;
-        return {
-          // X = A^-1: dA = -X^T dX X^T; only the strictly lower triangle of L enters A.
-          l: () => {
-            const strict = tf.linalg.bandPart(tf.ones([C, C]), -1, 0).sub(tf.eye(C)); // [C, C]
-            return matMul(matMul(X!, dX, true, false), X!, false, true).mul(strict).neg(); // [M, C, C]
-          },
-        };
-      },
-    });
-  }
-  if (!tf.getGradient(DELTA_RECUR)) {
-    tf.registerGradient({
-      kernelName: DELTA_RECUR,
-      inputsToSave: ['q1', 'q2', 'decay', 's0'],
-      outputsToSave: [true, true, false],
-      gradFunc: (dys, saved) => {
-        const [w, kWrite, decay, s0, u, starts] = saved as tf.Tensor[];
-        const [dU, dStarts, dLast] = dys as Array<tf.Tensor | null>;
-        // Reverse recurrence: x = dU + Kw dS' (the pseudo-values' full gradient, [M, C, V]),
-        // ends = dS' per chunk ([M, K, V], the gradient of the state after the chunk), dS0.
-        const [x, ends, ds0] = tf.engine().runKernel(DELTA_RECUR_GRAD, {
-          p: dU ?? tf.zerosLike(u!),
-          q1: kWrite!,
-          q2: w!,
-          decay: decay!,
-          s0: dLast ?? tf.zerosLike(s0!),
-          r: dStarts ?? tf.zerosLike(starts!),
-        }) as tf.Tensor[];
-        return {
-          p: () => x!.clone(),
-          q1: () => matMul(x!, starts!, false, true).neg(), // dW = -X S^T: [M, C, K]
-          q2: () => matMul(u!, ends!, false, true), // dKw = U dS'^T: [M, C, K]
-          decay: () => starts!.mul(ends!).sum([1, 2]), // <S, dS'>: [M]
-          s0: () => ds0!.clone(),
-        };
       },
     });
   }
