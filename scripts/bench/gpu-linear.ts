@@ -3,13 +3,13 @@
  * and forward+backward ms of our WebGPU kernels (the op through the fused registry), the same op as
  * plain tfjs ops (its composite form) on the same device, and PyTorch's naive chunked form (JSON lines
  * of scripts/bench/linear_torch.py, same shapes, fp32). `linearTable` is called by gpu.ts; each op
- * family adds its rows with one function (`glaRows`, ...).
+ * family adds its rows with one function (`glaRows`, `deltaRows`).
  *
  * Standalone (after ../shared/gpu/kit.sh, see docs/benchmarks.md):
  *   node scripts/bench/bundle-gpu.mjs scripts/bench/gpu-linear.ts
  *   device: python3 scripts/bench/linear_torch.py --T 1024,4096 > $OUT/linear.jsonl;
  *           bash .gpu/run.sh gpu-linear.mjs --torch $OUT/linear.jsonl --T 1024,4096 --B 4 --H 8 --D 64
- *   flags: --check N (the GLA kernel checks at N x their chromium sizes first), --budget s, --backend cpu
+ *   flags: --check N (the GLA and DeltaNet kernel checks at N x their chromium sizes first), --budget s, --backend cpu
  */
 // bundled statically: a bundle cannot import the backend module by name at run time
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
@@ -17,6 +17,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { selectBackend, tf } from '@tsformer/core';
 import { GLA, checkCumsum, checkGla, glaCases, kernelActive, registerWebGpuKernels } from '@tsformer/kernels-webgpu';
 import { glaChunk, glaChunkComposite } from '@tsformer/ops';
+import { DELTA_RECUR, checkDelta, deltaCases, deltaKernelSupported } from '@tsformer/kernels-webgpu';
+import { deltaChunk, deltaChunkComposite, gatedDeltaChunk, gatedDeltaChunkComposite } from '@tsformer/ops';
 
 export interface LinearTableOptions {
   /** Sequence lengths, one row per length and op. */
@@ -95,6 +97,61 @@ export async function glaRows(o: LinearTableOptions): Promise<LinearRow[]> {
   return rows;
 }
 
+/**
+ * DeltaNet and Gated DeltaNet (`deltaChunk` / `gatedDeltaChunk`, chunks of 64): q, k [B, T, H, D]
+ * L2-normalized per head, v [B, T, H, D], beta = sigmoid(N(0, 1)), log decay g = logsigmoid(N(0, 1)) / 16
+ * (gated); forward+backward takes gradients to q, k, v, beta (and g) from an explicit upstream
+ * gradient of o. "ours" is the WebGPU kernels (delta.ts) through the fused registry.
+ */
+export async function deltaRows(o: LinearTableOptions): Promise<LinearRow[]> {
+  const rows: LinearRow[] = [];
+  const { B, H, D } = o;
+  const l2 = (x: tf.Tensor) => x.div(x.square().sum(-1, true).sqrt()); // over the head's D
+  for (const T of o.Ts) {
+    const q = tf.tidy(() => l2(tf.randomNormal([B, T, H, D]))); // [B, T, H, D]
+    const k = tf.tidy(() => l2(tf.randomNormal([B, T, H, D]))); // [B, T, H, D]
+    const v = tf.randomNormal([B, T, H, D]); // [B, T, H, D]
+    const beta = tf.tidy(() => tf.sigmoid(tf.randomNormal([B, T, H]))); // [B, T, H]
+    const g = tf.tidy(() => tf.logSigmoid(tf.randomNormal([B, T, H])).div(16)); // [B, T, H]
+    const dOut = tf.randomNormal([B, T, H, D]); // [B, T, H, D]
+    for (const op of ['deltanet', 'gated-deltanet'] as const) {
+      const gated = op === 'gated-deltanet';
+      const xs = gated ? [q, k, v, beta, g] : [q, k, v, beta];
+      const run = (composite: boolean) => {
+        const f = (a: tf.Tensor[]) =>
+          (gated
+            ? (composite ? gatedDeltaChunkComposite : gatedDeltaChunk)(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!)
+            : (composite ? deltaChunkComposite : deltaChunk)(a[0]!, a[1]!, a[2]!, a[3]!)
+          );
+        return {
+          fwd: () => {
+            const r = f(xs);
+            return [r.o, r.finalState];
+          },
+          fwdBwd: () =>
+            tf.grads((...a: tf.Tensor[]) => {
+              const r = f(a);
+              r.finalState.dispose();
+              return r.o;
+            })(xs, dOut),
+        };
+      };
+      const ours = run(false);
+      const comp = run(true);
+      rows.push({
+        op,
+        T,
+        // deltaChunk runs the composite where the kernels are not registered or do not take D
+        ours: kernelActive(DELTA_RECUR) && deltaKernelSupported(D, D) ? await measure(o, ours.fwd, ours.fwdBwd) : { fwd: 'no kernel', fwdBwd: '-' },
+        composite: await measure(o, comp.fwd, comp.fwdBwd),
+        torch: torchRow(o, op, T),
+      });
+    }
+    tf.dispose([q, k, v, beta, g, dOut]);
+  }
+  return rows;
+}
+
 function fmt(x: number | string): string {
   if (typeof x === 'string') return x;
   return x >= 100 ? x.toFixed(0) : x.toFixed(2);
@@ -119,7 +176,7 @@ export function printLinearTable(rows: LinearRow[], o: Pick<LinearTableOptions, 
 
 /** Times every op family at each T and prints one markdown table. */
 export async function linearTable(opts: LinearTableOptions): Promise<void> {
-  const rows = [...(await glaRows(opts))];
+  const rows = [...(await glaRows(opts)), ...(await deltaRows(opts))];
   printLinearTable(rows, opts);
 }
 
@@ -164,12 +221,13 @@ async function main(): Promise<void> {
   const backend = arg('backend', 'webgpu') as 'webgpu' | 'cpu';
   await selectBackend(backend, backend === 'webgpu' ? { webgpuModule } : {});
   registerWebGpuKernels();
-  // --check N: the GLA kernel checks at N times their chromium sizes first (relative RMS vs the composite)
+  // --check N: the GLA and DeltaNet kernel checks at N times their chromium sizes first (relative RMS vs the composite)
   const check = Number(arg('check', '0'));
   if (check > 0) {
     const seed = Date.now() % 1_000_000;
     const results = [await checkCumsum([5, 9, 16, 1000], seed)];
     for (const [i, c] of glaCases(check).entries()) results.push(await checkGla(c, seed + 10 * (i + 1)));
+    for (const [i, c] of deltaCases(check).entries()) results.push(await checkDelta(c, seed + 1000 + 10 * i));
     for (const r of results) console.log(`${r.name.padEnd(48)} ${r.fused ? '' : '(not fused) '}${Object.entries(r.errors).map(([k, e]) => `${k} ${e.toExponential(1)}`).join('  ')}`);
   }
   const torchFile = arg('torch', '');

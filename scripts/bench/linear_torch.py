@@ -1,7 +1,8 @@
 """PyTorch reference timings for scripts/bench/gpu-linear.ts: naive chunked GLA in fp32, the same
 algorithm as @tsformer/ops glaChunk's composite (chunks of 64, sub-chunks of 8, exact per-channel
 decay inside a sub-chunk), forward and forward+backward, on CUDA when available. One JSON line per
-shape: {"kind": "gla", "T", "B", "H", "D", "fwd_ms", "fwdbwd_ms", "device"} (or "error").
+shape: {"kind": "gla", "T", "B", "H", "D", "fwd_ms", "fwdbwd_ms", "device"} (or "error"); then the same
+for DeltaNet and Gated DeltaNet (kind "deltanet" / "gated-deltanet", K = V = D, naive chunked WY/UT form).
 
     python3 scripts/bench/linear_torch.py --T 1024,4096 --B 4 --H 8 --D 64 [--check]
 
@@ -68,6 +69,61 @@ def gla_chunk(q, k, v, g, scale, C=64, c=8):
     return o.reshape(B, H, Tp, V)[:, :, :T].transpose(1, 2)  # [B, T, H, V]
 
 
+def delta_chunk(q, k, v, beta, g, scale, C=64):
+    """Chunked DeltaNet (g None) or Gated DeltaNet, the WY/UT form of @tsformer/ops deltaChunk's
+    composite (packages/ops/src/delta/README.md): q, k [B, T, H, K], v [B, T, H, V], beta, g [B, T, H]
+    -> o [B, T, H, V], final state [B, H, K, V]. A unit-triangular solve per chunk, then a Python loop
+    over chunks for the state."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = min(C, T)
+    nC = -(-T // C)
+    Tp = nC * C  # padding: beta = 0, k = 0, g = 0 (inert updates), outputs dropped
+
+    def chunks(x):  # [B, T, H, X] -> [B, H, nC, C, X], zero padded at the end
+        x = F.pad(x, (0, 0, 0, 0, 0, Tp - T))
+        return x.transpose(1, 2).reshape(B, H, nC, C, x.shape[-1])
+
+    qc, kc, vc = chunks(q) * scale, chunks(k), chunks(v)
+    bc = chunks(beta[..., None])  # [B, H, nC, C, 1]
+    lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
+    if g is not None:
+        G = chunks(g[..., None])[..., 0].cumsum(-1)  # [B, H, nC, C]
+        # exp(G_r - G_i) for i <= r; the exponent is masked first, so the upper triangle is exp(0)
+        decay = (G[..., :, None] - G[..., None, :]).masked_fill(~lower, 0).exp().masked_fill(~lower, 0)  # [B, H, nC, C, C]
+        gamma, to_end, last = G.exp()[..., None], (G[..., -1:] - G).exp()[..., None], G[..., -1].exp()
+        gk, k_write = kc * gamma, kc * to_end
+        q_read = qc * gamma
+    else:
+        decay, gk, k_write, q_read, last = lower.to(q.dtype), kc, kc, qc, None
+    A = (bc * (kc @ kc.transpose(-1, -2)) * decay).masked_fill(~strict, 0) + torch.eye(C, device=q.device, dtype=q.dtype)
+    Tm = torch.linalg.solve_triangular(A, torch.diag_embed(bc[..., 0]), upper=False, unitriangular=True)  # A^-1 diag(beta)
+    w, u_tilde = Tm @ gk, Tm @ vc  # [B, H, nC, C, K], [B, H, nC, C, V]
+    attn = ((qc @ kc.transpose(-1, -2)) * decay).masked_fill(~lower, 0)  # [B, H, nC, C, C]
+    S = q.new_zeros(B, H, K, V)
+    out = []
+    for n in range(nC):
+        u = u_tilde[:, :, n] - w[:, :, n] @ S  # [B, H, C, V]
+        out.append(q_read[:, :, n] @ S + attn[:, :, n] @ u)
+        S = (S * last[:, :, n, None, None] if last is not None else S) + k_write[:, :, n].transpose(-1, -2) @ u
+    return torch.stack(out, 2).reshape(B, H, Tp, V)[:, :, :T].transpose(1, 2), S  # [B, T, H, V]
+
+
+def delta_recurrent(q, k, v, beta, g, scale):
+    """The recurrence token by token (the spec): S = exp(g_t) S; S += k_t (beta_t (v_t - S^T k_t))^T."""
+    B, T, H, K = q.shape
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    out = []
+    for t in range(T):
+        if g is not None:
+            S = S * g[:, t].exp()[..., None, None]
+        u = beta[:, t, :, None] * (v[:, t] - torch.einsum('bhkv,bhk->bhv', S, k[:, t]))
+        S = S + k[:, t][..., None] * u[..., None, :]
+        out.append(scale * torch.einsum('bhkv,bhk->bhv', S, q[:, t]))
+    return torch.stack(out, 1), S
+
+
 def timed(fn, sync, reps_budget_s=2.0):
     fn()
     sync()
@@ -102,6 +158,14 @@ def main():
         g = -5 * torch.rand(2, 150, 3, 16, generator=gen, dtype=torch.float64)
         err = (gla_chunk(q, k, v, g, 0.25) - gla_recurrent(q, k, v, g, 0.25)).norm() / gla_recurrent(q, k, v, g, 0.25).norm()
         print(f'check: chunked vs recurrent relative error {err.item():.2e}', file=sys.stderr)
+        for gated in (False, True):
+            q, k = (F.normalize(torch.randn(2, 150, 3, 16, generator=gen, dtype=torch.float64), dim=-1) for _ in range(2))
+            v = torch.randn(2, 150, 3, 8, generator=gen, dtype=torch.float64)
+            beta = torch.rand(2, 150, 3, generator=gen, dtype=torch.float64)
+            gd = -torch.rand(2, 150, 3, generator=gen, dtype=torch.float64) if gated else None
+            (o1, s1), (o2, s2) = delta_chunk(q, k, v, beta, gd, 0.25), delta_recurrent(q, k, v, beta, gd, 0.25)
+            err = max(((o1 - o2).norm() / o2.norm()).item(), ((s1 - s2).norm() / s2.norm()).item())
+            print(f'check: {"gated " if gated else ""}deltanet chunked vs recurrent relative error {err:.2e}', file=sys.stderr)
     B, H, D = a.B, a.H, a.D
     for T in [int(t) for t in a.T.split(',')]:
         row = {'kind': 'gla', 'T': T, 'B': B, 'H': H, 'D': D, 'device': dev}
@@ -124,6 +188,29 @@ def main():
         if dev == 'cuda':
             torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
+    for T in [int(t) for t in a.T.split(',')]:
+        for kind in ('deltanet', 'gated-deltanet'):
+            row = {'kind': kind, 'T': T, 'B': B, 'H': H, 'D': D, 'device': dev}
+            try:
+                q, k = (F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1) for _ in range(2))
+                v, dO = torch.randn(B, T, H, D, device=dev), torch.randn(B, T, H, D, device=dev)
+                beta = torch.randn(B, T, H, device=dev).sigmoid()
+                g = F.logsigmoid(torch.randn(B, T, H, device=dev)) / 16 if kind == 'gated-deltanet' else None
+                with torch.no_grad():
+                    row['fwd_ms'] = timed(lambda: delta_chunk(q, k, v, beta, g, D ** -0.5), sync, a.budget)
+                xs = [x.clone().requires_grad_() for x in (q, k, v, beta, g) if x is not None]
+
+                def fwdbwd():
+                    o, _ = delta_chunk(*xs[:4], xs[4] if len(xs) > 4 else None, D ** -0.5)
+                    torch.autograd.grad(o, xs, dO)
+
+                row['fwdbwd_ms'] = timed(fwdbwd, sync, a.budget)
+                del q, k, v, beta, g, dO, xs
+            except Exception as e:  # noqa: BLE001 (report, go on with the next size)
+                row['error'] = str(e)[:200]
+            if dev == 'cuda':
+                torch.cuda.empty_cache()
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == '__main__':
