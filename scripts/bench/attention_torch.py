@@ -114,21 +114,21 @@ def matmul(sizes):
         del a, b
 
 
-def gpt2(B, T, steps=4):
+def gpt2(B, T, V=50257, steps=5):
     torch.manual_seed(0)
-    m = GPT(50257, 768, 12, 12, T).to(dev)
+    m = GPT(V, 768, 12, 12, T).to(dev)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    ids = torch.randint(0, 50257, (B, T), device=dev)
-    tg = torch.randint(0, 50257, (B, T), device=dev)
+    ids = torch.randint(0, V, (B, T), device=dev)
+    tg = torch.randint(0, V, (B, T), device=dev)
     def step():
         loss = m(ids, tg); opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step(); return loss.item()
-    step(); torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    step(); step(); torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps): step()
     torch.cuda.synchronize()
     ms = (time.perf_counter() - t0) / steps * 1000
-    print(json.dumps({"kind": "gpt2", "impl": "torch eager fp32", "B": B, "T": T, "ms_per_step": ms,
+    print(json.dumps({"kind": "gpt2", "impl": "torch eager fp32", "B": B, "T": T, "V": V, "ms_per_step": ms,
                       "tokens_per_s": B * T / ms * 1000, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}), flush=True)
 
 
@@ -138,7 +138,8 @@ if __name__ == "__main__":
     ap.add_argument("--B", type=int, default=8)
     ap.add_argument("--H", type=int, default=12)
     ap.add_argument("--D", type=int, default=64)
-    ap.add_argument("--gpt2", default="8x1024", help="BxT of the GPT-2-small run, or 'none'")
+    ap.add_argument("--gpt2", default="8x512,8x1024", help="BxT[,BxT] of the GPT-2-small runs, or 'none'")
+    ap.add_argument("--vocab", default="50257,256", help="vocabulary sizes of the GPT-2-small runs (256: the peer's bytes)")
     ap.add_argument("--matmul", default="1024,2048,4096", help="sizes of the square fp32 matmuls, or 'none'")
     a = ap.parse_args()
     print(json.dumps({"kind": "info", "torch": torch.__version__, "device": torch.cuda.get_device_name()}), flush=True)
@@ -147,5 +148,8 @@ if __name__ == "__main__":
     if a.T != "none":
         attention(a.B, a.H, a.D, [int(t) for t in a.T.split(",")])
     if a.gpt2 != "none":
-        B, T = (int(x) for x in a.gpt2.split("x"))
-        gpt2(B, T)
+        for bt in a.gpt2.split(","):
+            B, T = (int(x) for x in bt.split("x"))
+            for V in (int(v) for v in a.vocab.split(",")):
+                gpt2(B, T, V)
+                torch.cuda.empty_cache()

@@ -5,8 +5,25 @@
 import { build } from 'esbuild';
 import { basename } from 'node:path';
 
-for (const entry of process.argv.slice(2)) {
+// TSFORMER_ROOT=<a checkout, e.g. a git worktree of HEAD>: bundle that tree's packages and entries
+// instead of this working tree's (a measurement of a commit while this tree has unfinished edits)
+const root = process.env.TSFORMER_ROOT;
+const fromRoot = root
+  ? [
+      {
+        name: 'tsformer-root',
+        setup(b) {
+          b.onResolve({ filter: /^@tsformer\/[a-z-]+$/ }, (a) => ({ path: `${root}/packages/${a.path.slice('@tsformer/'.length)}/src/index.ts` }));
+        },
+      },
+    ]
+  : [];
+
+for (const arg of process.argv.slice(2)) {
+  const entry = root ? `${root}/${arg}` : arg;
   await build({
+    plugins: fromRoot,
+    nodePaths: root ? [`${process.cwd()}/node_modules`] : [],
     entryPoints: [entry],
     bundle: true,
     platform: 'node',

@@ -1,14 +1,17 @@
 /**
  * The GPU benchmark (issue 7): one command, one table. Runs on the lent H100 through the kit:
  *
- *   ../shared/gpu/kit.sh scripts/bench/gpu.ts scripts/bench/gpu-check.ts   (then bundle-gpu, see docs/benchmarks.md)
+ *   npm run bench:gpu:kit        (the kit, then this entry and gpu-check bundled; docs/benchmarks.md has the device commands)
  *   device: python3 scripts/bench/attention_torch.py > $OUT/torch.jsonl; bash .gpu/run.sh gpu.mjs --torch $OUT/torch.jsonl
- *   flags: --matmul 1024,2048,4096|none  --calibrate N|none  --no-attention  --gpt2 BxT|none  --no-ablation  --local-model
+ *   flags: --matmul 1024,2048,4096|none  --calibrate N|none  --no-attention  --no-linear  --gpt2 BxT[,BxT]|none
+ *          --vocab V[,V]  --peer-dir DIR  --linear-torch FILE
  *
  * Prints, for causal attention at B, H, D fixed and each T: our fused WGSL kernel, the tfjs composite
  * path (dense scores), and PyTorch (naive fp32, SDPA fp32, from the JSON lines of attention_torch.py),
- * forward and forward+backward in ms, with the ratios; then training tokens/s of a GPT-2-small-shaped
- * model on our webgpu path against PyTorch eager fp32. Every number is measured in this run.
+ * forward and forward+backward in ms, with the ratios; the chunked linear attention table (GLA,
+ * DeltaNet, Gated DeltaNet: our kernels, the composite, PyTorch; gpu-linear.ts); then training tokens/s
+ * of a GPT-2-small-shaped model on our webgpu path against PyTorch eager fp32 and the peer. Every
+ * number is measured in this run.
  */
 // bundled statically: a bundle cannot import the backend module by name at run time
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
@@ -17,7 +20,6 @@ import { Rng, selectBackend, tf } from '@tsformer/core';
 import {
   FLASH_ATTENTION,
   FLASH_ATTENTION_GRAD,
-  adamwUpdate,
   kernelActive,
   originalMatMul,
   registerWebGpuKernels,
@@ -28,11 +30,10 @@ import {
   type TileChoice,
   flashAttention,
   flashAttentionComposite,
-  rope,
-  sparseCrossEntropy as fusedCrossEntropy,
 } from '@tsformer/kernels-webgpu';
 import { DecoderLM } from '@tsformer/model';
-import { AdamW, clipByGlobalNorm, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
+import { AdamW, trainStep, type Batch } from '@tsformer/train';
+import { linearTable } from './gpu-linear.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, dflt: string) => {
@@ -43,10 +44,10 @@ const Ts = arg('T', '1024,2048,4096,8192,16384').split(',').map(Number);
 const B = Number(arg('B', '8'));
 const H = Number(arg('H', '12'));
 const D = Number(arg('D', '64'));
-const gpt2 = arg('gpt2', '8x512');
+const gpt2 = arg('gpt2', '8x512,8x1024');
 const torchFile = arg('torch', '');
-/** JSON lines of the peer (@genai-fi/nanogpt) trained in the same call, same model shape. */
-const peerFile = arg('peer', '');
+/** A folder with the peer's JSON lines (@genai-fi/nanogpt trained in the same call), one file peer-BxT.jsonl per shape. */
+const peerDir = arg('peer-dir', '');
 /** Model shape of the training measurement: layers, width, heads, vocabulary (GPT-2 small by default). */
 const [L, dModel, heads, vocab] = arg('model', '12,768,12,50257').split(',').map(Number) as [number, number, number, number];
 /** `webgpu` on the GPU; `cpu` (tiny sizes) smoke-tests this script anywhere. */
@@ -281,12 +282,23 @@ async function matmulTable(torch: Array<Record<string, unknown>>): Promise<void>
   for (const r of rows) console.log(r);
 }
 
-async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> {
-  const [b, T] = gpt2.split('x').map(Number) as [number, number];
+/** One model shape of the training table: batch, context, vocabulary. */
+interface TrainShape {
+  b: number;
+  T: number;
+  V: number;
+}
+
+/**
+ * Full training steps of DecoderLM (forward, backward, global-norm clip, AdamW, the loss read back)
+ * at each shape: 2 warm-up steps, then `steps` timed. Returns ms per step and the last loss.
+ */
+async function trainSteps(shape: TrainShape, steps: number): Promise<{ ms: number; loss: number; peakGiB: number }> {
+  const { b, T, V } = shape;
   const rng = Rng.seeded(1);
   const model = new DecoderLM(
     {
-      vocabSize: vocab,
+      vocabSize: V,
       dModel,
       nLayers: L,
       maxSeqLen: T,
@@ -300,89 +312,63 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
   );
   const opt = new AdamW(model.namedParameters(), { type: 'adamw', lr: 1e-4, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.1 });
   const n = b * T;
-  const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(vocab)), targets: new Int32Array(n).map(() => rng.int(vocab)), batchSize: b, seqLen: T };
+  const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(V)), targets: new Int32Array(n).map(() => rng.int(V)), batchSize: b, seqLen: T };
   const step = () => trainStep(model, opt, [batch], { lr: 1e-4, clipGradNorm: 1 });
-  await step();
-  {
-    const ids = tf.tensor(batch.inputs, [b, T], 'int32');
-    const targets = tf.tensor(batch.targets, [b, T], 'int32');
-    const vars = model.namedParameters().map(([, p]) => p.variable);
-    const p = await profile(() => {
-      const { value, grads } = tf.variableGrads(() => sparseCrossEntropy(model.forward(ids).logits, targets), vars);
-      return [value, ...Object.values(grads)];
-    });
-    console.log(`profile, model forward+backward (no optimizer): GPU ${p.kernelMs.toFixed(0)} ms; ${p.top}`);
-    tf.dispose([ids, targets]);
-  }
-  {
-    // one step in phases, each ended by a read-back: forward+backward, global-norm clip, AdamW
-    const ids = tf.tensor(batch.inputs, [b, T], 'int32');
-    const targets = tf.tensor(batch.targets, [b, T], 'int32');
-    const named = model.namedParameters();
-    const vars = named.map(([, p]) => p.variable);
+  try {
+    await step();
+    await step();
     const t0 = now();
-    const { value, grads } = tf.variableGrads(() => sparseCrossEntropy(model.forward(ids).logits, targets), vars);
-    await value.data();
-    const t1 = now();
-    const byName = new Map(named.map(([nm, p]) => [nm, grads[p.variable.name]!]));
-    const clipped = clipByGlobalNorm(byName, 1);
-    await clipped.norm.data();
-    const t2 = now();
-    const adamGpu = await tf.time(() => opt.apply(clipped.grads, 1e-4));
-    await vars[0]!.data();
-    const t3 = now();
-    console.log(
-      `step phases (wall, each to a read-back): forward+backward ${(t1 - t0).toFixed(0)} ms, clip ${(t2 - t1).toFixed(0)} ms, AdamW ${(t3 - t2).toFixed(0)} ms (GPU ${(adamGpu.kernelMs as number).toFixed(0)} ms, ${named.length} parameters)`,
-    );
-    tf.dispose([ids, targets, value, ...Object.values(grads), clipped.norm, ...clipped.grads.values()]);
+    let loss = NaN;
+    for (let i = 0; i < steps; i++) loss = (await step()).loss;
+    const ms = (now() - t0) / steps;
+    const mem = tf.memory() as { numBytesAllocatedInGPU?: number };
+    return { ms, loss, peakGiB: (mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30 };
+  } finally {
+    model.dispose();
+    opt.dispose();
+    releasePool();
   }
-  const steps = 3;
-  const t0 = now();
-  for (let i = 0; i < steps; i++) await step();
-  const ms = (now() - t0) / steps;
-  // the same model with tfjs's own matmul (every other kernel as above): what the tiled matmul gives
-  let msTfjsMatMul: number | undefined;
-  const mine = tf.getKernel('BatchMatMul', 'webgpu');
-  const tfjs = tf.getBackend() === 'webgpu' ? originalMatMul() : undefined;
-  if (mine && tfjs && !args.includes('--no-ablation')) {
-    tf.unregisterKernel('BatchMatMul', 'webgpu');
-    tf.registerKernel(tfjs);
-    try {
-      await step();
-      const t1 = now();
-      for (let i = 0; i < 2; i++) await step();
-      msTfjsMatMul = (now() - t1) / 2;
-    } finally {
-      tf.unregisterKernel('BatchMatMul', 'webgpu');
-      tf.registerKernel(mine);
-    }
-  }
-  const mem = tf.memory() as { numBytesAllocatedInGPU?: number };
-  const ours = (n / ms) * 1000;
-  const pt = torch.find((r) => r.kind === 'gpt2');
-  const peer = peerTokensPerSec();
-  console.log(`\nGPT-2-small-shaped training (${L} layers, d=${dModel}, ${heads} heads, vocab ${vocab}, T=${T}, batch ${b}; LayerNorm, GELU MLP, RoPE, tied), fp32, full steps\n`);
-  console.log('| implementation | ms/step | tokens/s | vs torch eager | peak GiB |');
-  console.log('|---|---:|---:|---:|---:|');
-  if (peer) console.log(`| peer @genai-fi/nanogpt 1.3.0 (webgpu, its own kernels) | ${((n / peer) * 1000).toFixed(0)} | ${Math.round(peer)} | ${pt ? (peer / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-'} | - |`);
-  const vsPt = (tps: number) => (pt ? (tps / (pt.tokens_per_s as number)).toFixed(2) + 'x' : '-');
-  console.log(`| tsformer DecoderLM, ${backendName}${backendName === 'webgpu' ? ', fused kernels + tiled matmul' : ''} | ${ms.toFixed(0)} | ${Math.round(ours)} | ${vsPt(ours)} | ${fmt((mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30, 1)} (tfjs pool) |`);
-  if (msTfjsMatMul) console.log(`| tsformer DecoderLM, webgpu, fused kernels, tfjs's matmul | ${msTfjsMatMul.toFixed(0)} | ${Math.round((n / msTfjsMatMul) * 1000)} | ${vsPt((n / msTfjsMatMul) * 1000)} | - |`);
-  releasePool();
-  if (args.includes('--local-model')) {
-    const fused = await fusedTrainSteps(b, T, steps);
-    const fusedTps = (n / fused.ms) * 1000;
-    console.log(`| tsformer webgpu, same shape on the fused kernels (bench-local model; loss ${fused.loss.toFixed(2)}) | ${fused.ms.toFixed(0)} | ${Math.round(fusedTps)} | ${vsPt(fusedTps)} | - |`);
-  }
-  if (pt) console.log(`| PyTorch eager fp32 | ${(pt.ms_per_step as number).toFixed(0)} | ${Math.round(pt.tokens_per_s as number)} | 1.00x | ${fmt(pt.peak_gib as number, 1)} |`);
-  model.dispose();
-  opt.dispose();
 }
 
-/** The peer's tokens/s from the wall-clock between its logged steps (its first log is warm-up). */
-function peerTokensPerSec(): number | undefined {
-  if (!peerFile || !existsSync(peerFile)) return undefined;
-  const logs = readFileSync(peerFile, 'utf8')
+/**
+ * Training tokens/s of a GPT-2-small-shaped DecoderLM (LayerNorm, GELU MLP, RoPE, tied embeddings,
+ * fp32) at each BxT of --gpt2 and each vocabulary of --vocab (50257: GPT-2's; 256: the peer's byte
+ * vocabulary), against PyTorch eager fp32 at the same shape (attention_torch.py, same call) and the
+ * peer (its JSON lines per BxT in --peer-dir, vocabulary 256).
+ */
+async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> {
+  const vocabs = arg('vocab', String(vocab)).split(',').map(Number);
+  const shapes: TrainShape[] = [];
+  for (const bt of gpt2.split(',')) {
+    const [b, T] = bt.split('x').map(Number) as [number, number];
+    for (const V of vocabs) shapes.push({ b, T, V });
+  }
+  const steps = Number(arg('steps', '5'));
+  const rows: string[] = [];
+  for (const s of shapes) {
+    const r = await trainSteps(s, steps);
+    const ours = ((s.b * s.T) / r.ms) * 1000;
+    const pt = torch.find((x) => x.kind === 'gpt2' && x.B === s.b && x.T === s.T && (x.V ?? 50257) === s.V);
+    const peer = s.V === 256 ? peerTokensPerSec(s.b, s.T) : undefined;
+    const ptTps = pt ? (pt.tokens_per_s as number) : undefined;
+    const line =
+      `| ${s.b} x ${s.T} | ${s.V} | ${r.ms.toFixed(0)} | ${Math.round(ours)} | ${fmt(r.peakGiB, 1)} | ` +
+      `${ptTps ? `${Math.round(ptTps)} (${(pt!.ms_per_step as number).toFixed(0)} ms, ${fmt(pt!.peak_gib as number, 1)} GiB)` : '-'} | ${ptTps ? (ours / ptTps).toFixed(2) + 'x' : '-'} | ` +
+      `${peer ? Math.round(peer) : '-'} | ${peer ? (ours / peer).toFixed(2) + 'x' : '-'} | ${r.loss.toFixed(3)} |`;
+    rows.push(line);
+    console.log(line);
+  }
+  console.log(`\nGPT-2-small-shaped training (${L} layers, d=${dModel}, ${heads} heads; LayerNorm, GELU MLP, RoPE, tied embeddings; fp32; full steps: forward, backward, clip, AdamW, loss read-back; ${steps} timed after 2 warm-up)\n`);
+  console.log('| batch x T | vocab | ms/step | tokens/s (ours, webgpu) | GiB (tfjs pool) | PyTorch eager fp32 tokens/s | ours / PyTorch | peer tokens/s | ours / peer | last loss |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const l of rows) console.log(l);
+}
+
+/** The peer's tokens/s at b x T from the wall-clock between its logged steps (its first log is warm-up). */
+function peerTokensPerSec(b: number, T: number): number | undefined {
+  const file = `${peerDir}/peer-${b}x${T}.jsonl`;
+  if (!peerDir || !existsSync(file)) return undefined;
+  const logs = readFileSync(file, 'utf8')
     .split('\n')
     .filter((l) => l.startsWith('{') && l.includes('wall_ms'))
     .map((l) => JSON.parse(l) as { wall_ms: number; totalTokens: number });
@@ -390,95 +376,6 @@ function peerTokensPerSec(): number | undefined {
   const a = logs[1]!;
   const z = logs[logs.length - 1]!;
   return ((z.totalTokens - a.totalTokens) / (z.wall_ms - a.wall_ms)) * 1000;
-}
-
-/**
- * The same GPT-2-small shape written directly on this package's kernels (fused attention, RoPE,
- * sparse cross-entropy, AdamW; LayerNorm, GELU and matmuls as tfjs ops): what DecoderLM reaches once
- * its layers call the kernels. Full steps: forward, backward, global-norm clip, AdamW, loss read-back.
- */
-async function fusedTrainSteps(b: number, T: number, steps: number): Promise<{ ms: number; loss: number }> {
-  const d = dModel;
-  const Dh = d / heads;
-  const P: Record<string, tf.Variable> = {};
-  const decay = new Set<string>();
-  const param = (name: string, shape: number[], init: 'normal' | 'ones' | 'zeros', std = 0.02) => {
-    P[name] = tf.variable(init === 'normal' ? tf.randomNormal(shape, 0, std) : init === 'ones' ? tf.ones(shape) : tf.zeros(shape), true, `fused.${name}`);
-    if (init === 'normal' && shape.length === 2 && name !== 'emb') decay.add(name);
-  };
-  param('emb', [vocab, d], 'normal');
-  for (let l = 0; l < L; l++) {
-    for (const n of ['ln1', 'ln2']) {
-      param(`${l}.${n}.g`, [d], 'ones');
-      param(`${l}.${n}.b`, [d], 'zeros');
-    }
-    for (const n of ['q', 'k', 'v']) param(`${l}.${n}`, [d, d], 'normal');
-    param(`${l}.o`, [d, d], 'normal', 0.02 / Math.sqrt(2 * L));
-    param(`${l}.up`, [d, 4 * d], 'normal');
-    param(`${l}.down`, [4 * d, d], 'normal', 0.02 / Math.sqrt(2 * L));
-  }
-  param('lnf.g', [d], 'ones');
-  param('lnf.b', [d], 'zeros');
-  const m = new Map<string, tf.Tensor>(Object.entries(P).map(([k, v]) => [k, tf.zerosLike(v)]));
-  const v2 = new Map<string, tf.Tensor>(Object.entries(P).map(([k, v]) => [k, tf.zerosLike(v)]));
-  // RoPE tables [T, Dh/2] (half layout, theta 10000)
-  const ang = new Float32Array(T * (Dh / 2));
-  for (let t = 0; t < T; t++) for (let i = 0; i < Dh / 2; i++) ang[t * (Dh / 2) + i] = t * Math.pow(10000, (-2 * i) / Dh);
-  const angT = tf.tensor(ang, [T, Dh / 2]);
-  const cos = tf.cos(angT);
-  const sin = tf.sin(angT);
-  const ln = (x: tf.Tensor, g: tf.Tensor, bias: tf.Tensor) => {
-    const { mean, variance } = tf.moments(x, -1, true);
-    return x.sub(mean).mul(variance.add(1e-5).rsqrt()).mul(g).add(bias);
-  };
-  const rng = Rng.seeded(2);
-  const ids = tf.tensor(new Int32Array(b * T).map(() => rng.int(vocab)), [b * T], 'int32');
-  const targets = tf.tensor(new Int32Array(b * T).map(() => rng.int(vocab)), [b * T], 'int32');
-  const forwardLoss = () => {
-    let x = tf.gather(P.emb!, ids); // [b*T, d]
-    for (let l = 0; l < L; l++) {
-      const y = ln(x, P[`${l}.ln1.g`]!, P[`${l}.ln1.b`]!);
-      const heads4 = (w: string) => tf.matMul(y, P[`${l}.${w}`]!).reshape([b, T, heads, Dh]); // [b, T, H, Dh]
-      const q = rope(heads4('q'), cos, sin);
-      const k = rope(heads4('k'), cos, sin);
-      const o = flashAttention(q, k, heads4('v')).reshape([b * T, d]);
-      x = x.add(tf.matMul(o, P[`${l}.o`]!));
-      const h = tf.matMul(ln(x, P[`${l}.ln2.g`]!, P[`${l}.ln2.b`]!), P[`${l}.up`]!);
-      x = x.add(tf.matMul(h.mul(0.5).mul(h.mul(0.7978845608).mul(h.square().mul(0.044715).add(1)).tanh().add(1)), P[`${l}.down`]!)); // GELU (tanh)
-    }
-    const logits = tf.matMul(ln(x, P['lnf.g']!, P['lnf.b']!), P.emb!, false, true); // [b*T, V]
-    return fusedCrossEntropy(logits, targets);
-  };
-  let step = 0;
-  const names = Object.keys(P);
-  const trainOne = async () => {
-    step++;
-    const loss = tf.tidy(() => {
-      const { value, grads } = tf.variableGrads(forwardLoss, names.map((n) => P[n]!));
-      const gs = names.map((n) => grads[`fused.${n}`]!);
-      const norm = tf.sqrt(tf.addN(gs.map((g) => g.square().sum()))); // global-norm clip at 1
-      const scale = tf.minimum(tf.scalar(1), tf.scalar(1).div(norm.add(1e-6)));
-      names.forEach((n, i) => {
-        const u = adamwUpdate(P[n]!, m.get(n)!, v2.get(n)!, gs[i]!.mul(scale), { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: decay.has(n) ? 0.1 : 0, step });
-        P[n]!.assign(u.p);
-        m.get(n)!.dispose();
-        v2.get(n)!.dispose();
-        m.set(n, tf.keep(u.m));
-        v2.set(n, tf.keep(u.v));
-      });
-      return value;
-    });
-    const x = (await loss.data())[0]!;
-    loss.dispose();
-    return x;
-  };
-  await trainOne();
-  const t0 = now();
-  let last = 0;
-  for (let i = 0; i < steps; i++) last = await trainOne();
-  const ms = (now() - t0) / steps;
-  tf.dispose([...Object.values(P), ...m.values(), ...v2.values(), angT, cos, sin, ids, targets]);
-  return { ms, loss: last };
 }
 
 async function main(): Promise<void> {
@@ -494,6 +391,12 @@ async function main(): Promise<void> {
   releasePool();
   if (!args.includes('--no-attention')) await attentionTable(torch);
   releasePool();
+  if (!args.includes('--no-linear')) {
+    const lt = arg('linear-torch', '');
+    const ltorch = lt && existsSync(lt) ? readFileSync(lt, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
+    await linearTable({ Ts: arg('linear-T', '1024,4096,16384').split(',').map(Number), B: Number(arg('linear-B', '4')), H: Number(arg('linear-H', '8')), D: Number(arg('linear-D', '64')), time, torch: ltorch });
+    releasePool();
+  }
   if (gpt2 !== 'none') await trainTable(torch);
 }
 
