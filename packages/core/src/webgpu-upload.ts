@@ -60,5 +60,6 @@ export function installFastUploads(backend: object): boolean {
     // once uploaded, the host copy is dropped (as tfjs does)
     d.values = null;
   };
+  (be as { tsformerFastUploads?: boolean }).tsformerFastUploads = true;
   return true;
 }

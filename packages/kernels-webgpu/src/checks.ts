@@ -188,6 +188,28 @@ export async function checkSumSquares(count: number, scale: number, seed: number
   return { name: `sum of squares of ${count} tensors`, fused: kernelActive(SUM_SQUARES), errors: { out }, ms: performance.now() - t0 };
 }
 
+/**
+ * Host-made tensors reach the GPU through @tsformer/core's writeBuffer uploads: float32, int32 and
+ * bool values (scalars too) must read back exactly, also through buffers reused from the pool.
+ */
+export async function checkUploads(seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  let wrong = 0;
+  for (let round = 0; round < 3; round++) {
+    const f = Float32Array.from({ length: 37 }, (_, i) => Math.sin(seed + i + round) * 1e3);
+    const n = Int32Array.from({ length: 11 }, (_, i) => (seed * 7 + i * 1_000_003 + round) | 0);
+    const b = [true, false, true, true, false];
+    const out = tf.tidy(() => [tf.tensor1d(f).add(0), tf.tensor1d(n, 'int32').add(0), tf.tensor1d(b, 'bool').logicalAnd(true).cast('int32'), tf.scalar(-2.5).mul(tf.scalar(4))]);
+    const [x, y, z, w] = await Promise.all(out.map((t) => t.data()));
+    for (let i = 0; i < f.length; i++) if (x![i] !== f[i]) wrong++;
+    for (let i = 0; i < n.length; i++) if (y![i] !== n[i]) wrong++;
+    for (let i = 0; i < b.length; i++) if (z![i] !== (b[i] ? 1 : 0)) wrong++;
+    if (w![0] !== -10) wrong++;
+    tf.dispose(out); // their buffers go back to the pool for the next round
+  }
+  return { name: 'uploads from the host (float32, int32, bool, scalars; pooled buffers)', fused: (tf.backend() as { tsformerFastUploads?: boolean }).tsformerFastUploads === true, errors: { wrongValues: wrong }, ms: performance.now() - t0 };
+}
+
 export async function checkRope(B: number, T: number, H: number, D: number, R: number, layout: RopeLayout, seed: number): Promise<CheckResult> {
   const x = randn([B, T, H, D], seed);
   const angles = tf.tidy(() => randn([T, R / 2], seed + 1).mul(3));
@@ -624,6 +646,7 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   push(await checkSum(3, 100_000 * k, seed + 10 * n++));
   push(await checkAddN(40, 1000 * k, seed + 10 * n++));
   push(await checkSumSquares(40, k, seed + 10 * n++));
+  push(await checkUploads(seed + 10 * n++));
   for (const c of matMulCases()) push(await checkMatMul(c, seed + 10 * n++));
   push(await checkCumsum([5, 9, 16], seed + 10 * n++));
   for (const c of glaCases(k)) push(await checkGla(c, seed + 10 * n++));

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { resolve } from 'node:path';
 import { bundleForBrowser, runInChromium } from './testing/chromium.js';
 import type { CheckResult } from './checks.js';
-import { GPT2_STEP_KERNELS, MODEL_STEP_KERNELS, type ModelStepReport } from './testing/model-step.js';
+import { GPT2_STEP_KERNELS, MODEL_STEP_KERNELS, type ModelStepReport, type NonFiniteStepReport } from './testing/model-step.js';
 
 interface Report {
   error?: string;
@@ -65,4 +65,15 @@ describe('webgpu kernels in headless chromium (SwiftShader)', () => {
       expect(report.leaked).toBe(0);
     }, 600_000);
   }
+
+  // The fused AdamW is enqueued before the loss is read back; a NaN step must change nothing.
+  it('a training step with a NaN loss on webgpu throws NonFiniteError and leaves every weight unchanged', async () => {
+    const script = await bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts'));
+    const { value: r, console: logged } = await runInChromium<NonFiniteStepReport>(script, 'runNonFiniteStepCheck', 0);
+    expect(logged).toEqual([]);
+    expect(r.error).toMatch(/loss is NaN: training stopped before applying this update/);
+    expect(r.fusedAdamW).toBe(true);
+    expect(r.unchanged).toBe(true);
+    expect(r.optimizerStep).toBe(0);
+  }, 600_000);
 });

@@ -4,7 +4,7 @@ import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { registerWebGpuKernels } from '../register.js';
 import { runChecks } from '../checks.js';
-import { modelStepCheck } from './model-step.js';
+import { modelStepCheck, nonFiniteStepCheck } from './model-step.js';
 
 interface GpuNav {
   gpu?: { requestAdapter(): Promise<{ limits: Record<string, number> } | null> };
@@ -44,3 +44,14 @@ async function modelStep(seed: number, variant: 'llama' | 'gpt2' = 'llama') {
 
 /** The same with GPT-2's layer (LayerNorm, GELU): the LayerNorm, GELU and sum-of-squares kernels. */
 (globalThis as unknown as { runGpt2StepCheck: (seed: number) => ReturnType<typeof modelStep> }).runGpt2StepCheck = (seed: number) => modelStep(seed, 'gpt2');
+
+/** A NaN loss on webgpu: the guarded AdamW leaves every weight as it was; trainStep throws. */
+async function nonFinite() {
+  try {
+    registerWebGpuKernels();
+    return await nonFiniteStepCheck(webgpuModule);
+  } catch (e) {
+    return { error: 'crashed: ' + String((e as Error).stack ?? e) };
+  }
+}
+(globalThis as unknown as { runNonFiniteStepCheck: typeof nonFinite }).runNonFiniteStepCheck = nonFinite;

@@ -172,3 +172,54 @@ export async function modelStepCheck(seed: number, webgpuModule?: unknown, varia
     leaked,
   };
 }
+
+export interface NonFiniteStepReport {
+  /** The error trainStep threw (NonFiniteError expected). */
+  error: string;
+  /** Every parameter bit for bit as before the step. */
+  unchanged: boolean;
+  /** The optimizer's step count after the failed step (0: taken back). */
+  optimizerStep: number;
+  /** Whether the fused AdamW ran (the guarded path was taken). */
+  fusedAdamW: boolean;
+}
+
+/**
+ * A training step whose loss is NaN (one embedding row poisoned) on webgpu: the guarded fused AdamW
+ * is enqueued before the loss is read back, so the weights must come back unchanged from the device
+ * and trainStep must still throw NonFiniteError.
+ */
+export async function nonFiniteStepCheck(webgpuModule?: unknown): Promise<NonFiniteStepReport> {
+  await selectBackend('webgpu', { webgpuModule });
+  const model = new DecoderLM(GPT2_STEP_CONFIG, { seed: 5 });
+  const opt = new AdamW(model.namedParameters(), adamwConfigSchema.parse({ type: 'adamw', lr: 1e-2 }));
+  const counts: Record<string, number> = {};
+  const restore = countKernels(['TsfAdamW'], 'webgpu', counts);
+  try {
+    const embed = model.namedParameters().find(([n]) => n.includes('embed'))![1].variable;
+    const poisoned = tf.tidy(() => embed.add(tf.oneHot(tf.tensor1d([3], 'int32'), embed.shape[0]!).reshape([embed.shape[0]!, 1]).mul(NaN)));
+    embed.assign(poisoned);
+    poisoned.dispose();
+    const before = await Promise.all(model.namedParameters().map(([, p]) => p.variable.data()));
+    const T = 8;
+    const batch: Batch = { inputs: Int32Array.from({ length: T }, (_, i) => (i * 5) % 97), targets: Int32Array.from({ length: T }, (_, i) => (i * 7) % 97), batchSize: 1, seqLen: T };
+    let error = '';
+    try {
+      await trainStep(model, opt, [batch], { lr: 1e-2, clipGradNorm: 1 });
+    } catch (e) {
+      error = String((e as Error).name) + ': ' + (e as Error).message;
+    }
+    const after = await Promise.all(model.namedParameters().map(([, p]) => p.variable.data()));
+    let unchanged = after.length === before.length;
+    for (let i = 0; i < after.length && unchanged; i++) {
+      const a = after[i] as Float32Array;
+      const b = before[i] as Float32Array;
+      for (let j = 0; j < a.length; j++) if (!Object.is(a[j], b[j])) unchanged = false;
+    }
+    return { error, unchanged, optimizerStep: opt.step, fusedAdamW: (counts.TsfAdamW ?? 0) > 0 };
+  } finally {
+    restore();
+    opt.dispose();
+    model.dispose();
+  }
+}
