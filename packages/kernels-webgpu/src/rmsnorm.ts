@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, f32, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused RMSNorm over the last axis, optionally gated (the output norm of GLA / DeltaNet layers):
@@ -8,11 +8,13 @@ import { KernelProgram, f32, kernelActive, run, slicePacked, type WebGpuBackendL
  *   y = x / sqrt(mean(x^2) + eps) * weight            x [..., D], weight [D]
  *   gated: y = that * silu(gate)                       gate [..., D]
  *
- * Forward: one workgroup per row (one read of x, one write of y, plus 1/rms per row kept for the
- * backward). Backward: one workgroup per row for dx (and dgate), and a two-stage column sum for
- * dweight (row chunks, then chunks).
+ * Forward: one dispatch, one workgroup per row (one read of x, one write of y; nothing else, so the
+ * backward gets no host-made zero gradient for an unused output). Backward: one dispatch for dx (and
+ * dgate) that recomputes 1/rms per row, and a two-stage column sum for dweight (row chunks, then
+ * chunks). Ungated and gated are two kernels (no placeholder input and no zero gradient for it).
  */
 export const RMS_NORM = 'TsfRmsNorm';
+export const RMS_NORM_GATED = 'TsfRmsNormGated';
 export const RMS_NORM_GRAD = 'TsfRmsNormGrad';
 
 /** Composite definition (any backend; the oracle). */
@@ -29,11 +31,8 @@ export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps = 1e-5, gate?: tf.T
   if (weight.rank !== 1 || weight.shape[0] !== D) throw new Error(`rmsNorm: weight [${weight.shape}] for x [${x.shape}]`);
   if (gate && !tf.util.arraysEqual(gate.shape, x.shape)) throw new Error(`rmsNorm: gate [${gate.shape}] for x [${x.shape}]`);
   if (!kernelActive(RMS_NORM)) return rmsNormComposite(x, weight, eps, gate);
-  return tf.tidy(() => {
-    const inputs: Record<string, tf.Tensor> = { x, weight, gate: gate ?? x };
-    const [y] = tf.engine().runKernel(RMS_NORM, inputs, { eps, gated: gate !== undefined } as unknown as NamedAttrMap) as tf.Tensor[];
-    return y!;
-  });
+  const inputs: Record<string, tf.Tensor> = gate ? { x, weight, gate } : { x, weight };
+  return tf.engine().runKernel(gate ? RMS_NORM_GATED : RMS_NORM, inputs, { eps } as unknown as NamedAttrMap) as tf.Tensor;
 }
 
 const THREADS = 128;
@@ -68,8 +67,8 @@ function header(N: number, D: number, eps: number, gated: boolean): string {
 function forwardProgram(N: number, D: number, eps: number, gated: boolean): KernelProgram {
   return new KernelProgram({
     key: `tsf_rms_fwd_${N}_${D}_${eps}_${gated}`,
-    outputShape: [N * D + N],
-    inputs: ['X', 'W', 'GATE'],
+    outputShape: [N * D],
+    inputs: gated ? ['X', 'W', 'GATE'] : ['X', 'W'],
     threads: THREADS,
     numGroups: N,
     body: `
@@ -82,52 +81,67 @@ function forwardProgram(N: number, D: number, eps: number, gated: boolean): Kern
         let r = inverseSqrt(wgSum(ss) / f32(D) + EPS);
         for (var d = localIndex; d < D; d += ${THREADS}u) {
           var y = X[n * D + d] * r * W[d];
-          if (GATED) { y *= silu(GATE[n * D + d]); }
+          ${gated ? 'y *= silu(GATE[n * D + d]);' : ''}
           result[n * D + d] = y;
         }
-        if (localIndex == 0u) { result[N * D + n] = r; }
       }`,
   });
 }
 
 /**
- * dx (and dgate): with u = dy * w (* silu(g)) and xhat = x r,
+ * dx (and dgate), with 1/rms recomputed per row (written to R [N] for the dweight sums): with
+ * u = dy * w (* silu(g)) and xhat = x r,
  *   dx = r (u - xhat mean(u xhat)),   dgate = dy xhat w silu'(g).
- * Output [dx | dgate] packed when gated.
  */
-function dxProgram(N: number, D: number, eps: number, gated: boolean): KernelProgram {
-  return new KernelProgram({
+function dxProgram(N: number, D: number, eps: number, gated: boolean): MultiOutputProgram {
+  return {
     key: `tsf_rms_dx_${N}_${D}_${eps}_${gated}`,
-    outputShape: [(gated ? 2 : 1) * N * D],
-    inputs: ['X', 'W', 'GATE', 'R', 'DY'],
+    inputs: gated ? ['X', 'W', 'GATE', 'DY'] : ['X', 'W', 'DY'],
+    outputs: [{ name: 'DX', shape: [N * D] }, ...(gated ? [{ name: 'DG', shape: [N * D] }] : []), { name: 'R', shape: [N] }],
     threads: THREADS,
     numGroups: N,
     body: `
-      ${header(N, D, eps, gated)}
-      fn kernel() {
-        let n = row();
-        if (n >= N) { return; }
-        let r = R[n];
+      const N = ${N}u; const D = ${D}u; const EPS = ${f32(eps)};
+      var<workgroup> red: array<f32, ${THREADS}>;
+      fn wgSum(v: f32, tid: u32) -> f32 {
+        red[tid] = v;
+        workgroupBarrier();
+        for (var s = ${THREADS / 2}u; s > 0u; s >>= 1u) {
+          if (tid < s) { red[tid] += red[tid + s]; }
+          workgroupBarrier();
+        }
+        let total = red[0];
+        workgroupBarrier();
+        return total;
+      }
+      fn silu(g: f32) -> f32 { return g / (1.0 + exp(-g)); }
+      fn kernel(n: u32, tid: u32) {
+        var ss = 0.0;
+        for (var d = tid; d < D; d += ${THREADS}u) { let x = X[n * D + d]; ss += x * x; }
+        let r = inverseSqrt(wgSum(ss, tid) / f32(D) + EPS);
         var acc = 0.0;
-        for (var d = localIndex; d < D; d += ${THREADS}u) {
+        for (var d = tid; d < D; d += ${THREADS}u) {
           var u = DY[n * D + d] * W[d];
-          if (GATED) { u *= silu(GATE[n * D + d]); }
+          ${gated ? 'u *= silu(GATE[n * D + d]);' : ''}
           acc += u * X[n * D + d] * r;
         }
-        let mean = wgSum(acc) / f32(D);
-        for (var d = localIndex; d < D; d += ${THREADS}u) {
+        let mean = wgSum(acc, tid) / f32(D);
+        for (var d = tid; d < D; d += ${THREADS}u) {
           let xhat = X[n * D + d] * r;
           var u = DY[n * D + d] * W[d];
-          if (GATED) {
-            let g = GATE[n * D + d];
-            let s = 1.0 / (1.0 + exp(-g));
-            result[N * D + n * D + d] = DY[n * D + d] * xhat * W[d] * s * (1.0 + g * (1.0 - s));
-            u *= g * s;
+          ${
+            gated
+              ? `let g = GATE[n * D + d];
+          let s = 1.0 / (1.0 + exp(-g));
+          DG[n * D + d] = DY[n * D + d] * xhat * W[d] * s * (1.0 + g * (1.0 - s));
+          u *= g * s;`
+              : ''
           }
-          result[n * D + d] = r * (u - xhat * mean);
+          DX[n * D + d] = r * (u - xhat * mean);
         }
+        if (tid == 0u) { R[n] = r; }
       }`,
-  });
+  };
 }
 
 /** dweight, stage 1: partial column sums of dy xhat (* silu(g)) over chunks of rows: [C, D]. */
@@ -177,55 +191,55 @@ function dwFinalProgram(D: number, C: number): KernelProgram {
 }
 
 export function registerRmsNorm(): void {
-  if (!tf.getKernel(RMS_NORM, 'webgpu')) {
-    tf.registerKernel({
-      kernelName: RMS_NORM,
-      backendName: 'webgpu',
-      kernelFunc: ({ inputs, backend, attrs }) => {
-        const be = backend as unknown as WebGpuBackendLike;
-        const { x, weight, gate } = inputs as Record<string, TensorInfo>;
-        const D = x!.shape[x!.shape.length - 1]!;
-        const N = tf.util.sizeFromShape(x!.shape) / D;
-        const packed = run(be, forwardProgram(N, D, attrs!.eps as number, Boolean(attrs!.gated)), [x!, weight!, gate!]);
-        const y = slicePacked(be, packed, 0, x!.shape);
-        const r = slicePacked(be, packed, N * D, [N]);
-        be.disposeData(packed.dataId);
-        return [y, r];
-      },
-    });
+  const forward: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WebGpuBackendLike;
+    const { x, weight, gate } = inputs as Record<string, TensorInfo>;
+    const D = x!.shape[x!.shape.length - 1]!;
+    const N = tf.util.sizeFromShape(x!.shape) / D;
+    const y = run(be, forwardProgram(N, D, attrs!.eps as number, gate !== undefined), gate ? [x!, weight!, gate] : [x!, weight!]);
+    return { ...y, shape: x!.shape };
+  };
+  for (const kernelName of [RMS_NORM, RMS_NORM_GATED]) {
+    if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: forward });
+  }
+  if (!tf.getKernel(RMS_NORM_GRAD, 'webgpu')) {
     tf.registerKernel({
       kernelName: RMS_NORM_GRAD,
       backendName: 'webgpu',
       kernelFunc: ({ inputs, backend, attrs }) => {
         const be = backend as unknown as WebGpuBackendLike;
-        const { x, weight, gate, r, dy } = inputs as Record<string, TensorInfo>;
-        const gated = Boolean(attrs!.gated);
+        const { x, weight, gate, dy } = inputs as Record<string, TensorInfo>;
+        const gated = gate !== undefined;
         const D = x!.shape[x!.shape.length - 1]!;
         const N = tf.util.sizeFromShape(x!.shape) / D;
-        const packed = run(be, dxProgram(N, D, attrs!.eps as number, gated), [x!, weight!, gate!, r!, dy!]);
-        const dx = slicePacked(be, packed, 0, x!.shape);
-        const dgate = gated ? slicePacked(be, packed, N * D, x!.shape) : undefined;
-        be.disposeData(packed.dataId);
+        const outs = runMultiOutput(be, dxProgram(N, D, attrs!.eps as number, gated), gated ? [x!, weight!, gate, dy!] : [x!, weight!, dy!]);
+        const [dx, dgate, r] = gated ? outs : [outs[0], undefined, outs[1]];
         const C = Math.max(1, Math.min(256, Math.ceil(N / 32)));
-        const partial = run(be, dwPartialProgram(N, D, C, gated), [x!, gate!, r!, dy!]);
+        const partial = run(be, dwPartialProgram(N, D, C, gated), [x!, gate ?? x!, r!, dy!]);
         const dw = run(be, dwFinalProgram(D, C), [partial]);
         be.disposeData(partial.dataId);
-        return dgate ? [dx, dw, dgate] : [dx, dw];
+        be.disposeData(r!.dataId);
+        const shaped = (t: TensorInfo) => ({ ...t, shape: x!.shape });
+        return dgate ? [shaped(dx!), dw, shaped(dgate)] : [shaped(dx!), dw];
       },
     });
   }
-  if (!tf.getGradient(RMS_NORM)) {
+  for (const [kernelName, gated] of [
+    [RMS_NORM, false],
+    [RMS_NORM_GATED, true],
+  ] as const) {
+    if (tf.getGradient(kernelName)) continue;
     tf.registerGradient({
-      kernelName: RMS_NORM,
-      inputsToSave: ['x', 'weight', 'gate'],
-      outputsToSave: [false, true],
-      gradFunc: (dys, saved, attrs) => {
-        const [x, weight, gate, r] = saved as tf.Tensor[];
-        const dy = (dys as tf.Tensor[])[0]!;
-        const gated = Boolean(attrs!.gated);
-        const [dx, dw, dg] = tf.engine().runKernel(RMS_NORM_GRAD, { x: x!, weight: weight!, gate: gate!, r: r!, dy }, attrs) as tf.Tensor[];
-        // Ungated, `gate` is x itself (a placeholder input): its share of x's gradient is zero.
-        return { x: () => dx!, weight: () => dw!, gate: () => (gated ? dg! : tf.zerosLike(gate!)) };
+      kernelName,
+      inputsToSave: gated ? ['x', 'weight', 'gate'] : ['x', 'weight'],
+      gradFunc: (dy, saved, attrs) => {
+        const [x, weight, gate] = saved as tf.Tensor[];
+        const inputs: Record<string, tf.Tensor> = { x: x!, weight: weight!, dy: dy as tf.Tensor };
+        if (gated) inputs.gate = gate!;
+        const [dx, dw, dg] = tf.engine().runKernel(RMS_NORM_GRAD, inputs, attrs) as tf.Tensor[];
+        const grads: Record<string, () => tf.Tensor> = { x: () => dx!, weight: () => dw! };
+        if (gated) grads.gate = () => dg!;
+        return grads;
       },
     });
   }

@@ -1,12 +1,12 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused sparse cross-entropy: logits [N, V], int32 targets [N] -> mean over rows of
  *   loss_n = logsumexp(logits_n) - logits_n[target_n]
- * Forward: one workgroup per row, one pass over the row with an online max and sum (no softmax
- * tensor). Backward: one elementwise pass, dlogits = (exp(logits - lse) - onehot(target)) dloss_n,
+ * Forward: one dispatch, one workgroup per row, one pass over the row with an online max and sum
+ * (no softmax tensor), writing the row losses and log-sum-exps. Backward: one elementwise pass, dlogits = (exp(logits - lse) - onehot(target)) dloss_n,
  * reading the logits once and writing the gradient once.
  */
 export const SPARSE_XENT = 'TsfSparseXent';
@@ -38,22 +38,23 @@ export function sparseCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Sc
 
 const THREADS = 256;
 
-function forwardProgram(N: number, V: number): KernelProgram {
-  return new KernelProgram({
+/** Per row: the loss (ROWS [N]) and the log-sum-exp (LSE [N], kept for the backward), one dispatch. */
+function forwardProgram(N: number, V: number): MultiOutputProgram {
+  return {
     key: `tsf_xent_fwd_${N}_${V}`,
-    outputShape: [2 * N],
     inputs: ['L', 'TGT'],
+    outputs: [
+      { name: 'ROWS', shape: [N] },
+      { name: 'LSE', shape: [N] },
+    ],
     threads: THREADS,
     numGroups: N,
     body: `
       const N = ${N}u; const V = ${V}u;
-      var<workgroup> rowShared: u32;
       var<workgroup> mx: array<f32, ${THREADS}>;
       var<workgroup> sm: array<f32, ${THREADS}>;
-      fn kernel() {
-        if (localIndex == 0u) { rowShared = wgIndex(); }
-        let n = workgroupUniformLoad(&rowShared);
-        if (n >= N) { return; }
+      fn kernel(n: u32, localIndex: u32) {
+        // the targets are int32: read through their bits
         // online max and sum of exp over this thread's strided share of the row
         var m = -3.0e38;
         var s = 0.0;
@@ -74,12 +75,12 @@ function forwardProgram(N: number, V: number): KernelProgram {
         }
         if (localIndex == 0u) {
           let lse = mx[0] + log(sm[0]);
-          let t = u32(TGT[n]);
-          result[n] = lse - L[n * V + t];
-          result[N + n] = lse;
+          let t = bitcast<u32>(TGT[n]);
+          ROWS[n] = lse - L[n * V + t];
+          LSE[n] = lse;
         }
       }`,
-  });
+  };
 }
 
 function gradProgram(N: number, V: number): KernelProgram {
@@ -109,11 +110,7 @@ export function registerSparseCrossEntropy(): void {
         const be = backend as unknown as WebGpuBackendLike;
         const { logits, targets } = inputs as Record<string, TensorInfo>;
         const [N, V] = logits!.shape as [number, number];
-        const packed = run(be, forwardProgram(N, V), [logits!, targets!]);
-        const rows = slicePacked(be, packed, 0, [N]);
-        const lse = slicePacked(be, packed, N, [N]);
-        be.disposeData(packed.dataId);
-        return [rows, lse];
+        return runMultiOutput(be, forwardProgram(N, V), [logits!, targets!]); // [rows, lse]
       },
     });
     tf.registerKernel({
