@@ -324,8 +324,12 @@ interface RecurDims {
 function recurProgram(d: RecurDims, reverse: boolean, limit: number, maxThreads: number): KernelProgram {
   const { N, BH, C, K, V } = d;
   const M = N * BH;
+  // Value columns per workgroup: the chunk loop is sequential and latency-bound (each thread's
+  // dot products of length K and C per chunk), so narrower tiles both shorten it and give more
+  // workgroups; at least 256 workgroups where the columns allow, at most 16 columns.
   let VT = 16;
   while (VT > 1 && (K + C) * VT * 4 + 16 > limit) VT /= 2;
+  while (VT > 2 && BH * Math.ceil(V / VT) < 256) VT /= 2;
   VT = Math.min(VT, V);
   const NVT = Math.ceil(V / VT);
   const threads = Math.min(256, maxThreads);
