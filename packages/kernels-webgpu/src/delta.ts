@@ -47,9 +47,10 @@ export function deltaKernelSupported(K: number, V: number): boolean {
   return K >= 1 && V >= 1 && K <= DELTA_MAX_DIM && V <= DELTA_MAX_DIM;
 }
 
-function deviceLimits(): [number, number] {
-  const be = tf.backend() as unknown as WebGpuBackendLike;
-  return [be.device.limits.maxComputeWorkgroupStorageSize, be.device.limits.maxComputeInvocationsPerWorkgroup];
+/** Workgroup memory of the active device (WebGPU's default minimum where no device is found: Node tests). */
+function workgroupBytes(): number {
+  const be = tf.backend() as unknown as Partial<WebGpuBackendLike>;
+  return be.device?.limits.maxComputeWorkgroupStorageSize ?? 16384;
 }
 
 /** Rows per chunk the solve can hold: C x C floats of workgroup memory. */
@@ -220,7 +221,7 @@ export function deltaChunkKernels(
 ): { o: tf.Tensor; finalState: tf.Tensor } {
   const [B, T, H, K] = q.shape as [number, number, number, number];
   const V = v.shape[3]!;
-  const C = Math.min(opts.chunkSize, maxChunk(deviceLimits()[0]), T);
+  const C = Math.min(opts.chunkSize, maxChunk(workgroupBytes()), T);
   const N = Math.ceil(T / C);
   const d: Dims = { B, T, H, K, V, C, N, M: N * B * H };
   const s0 = opts.initialState;
