@@ -1,6 +1,6 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { customOp, tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Chunked DeltaNet and Gated DeltaNet on webgpu: the chunked (WY/UT) form of `@tsformer/ops`
@@ -320,9 +320,9 @@ interface RecurDims {
  *   reverse (n = N-1..0):   save S;  Y = P + Q1 S;  S <- gam_n S - Q2^T Y + R_n
  *
  * P [M, C, V], Q1 and Q2 [M, C, K], GAM [M], S0 [BH, K, V], R [M, K, V], M = N * BH chunk-major.
- * Output packed: Y [M, C, V], the saved states [M, K, V], the last state [BH, K, V].
+ * Outputs: Y [M, C, V], the saved states [M, K, V], the last state [BH, K, V].
  */
-function recurProgram(d: RecurDims, reverse: boolean, limit: number, maxThreads: number): KernelProgram {
+function recurProgram(d: RecurDims, reverse: boolean, limit: number, maxThreads: number): MultiOutputProgram {
   const { N, BH, C, K, V } = d;
   const M = N * BH;
   // Value columns per workgroup: the chunk loop is sequential and latency-bound (each thread's
@@ -334,25 +334,25 @@ function recurProgram(d: RecurDims, reverse: boolean, limit: number, maxThreads:
   VT = Math.min(VT, V);
   const NVT = Math.ceil(V / VT);
   const threads = Math.min(256, maxThreads);
-  return new KernelProgram({
+  return {
     key: `tsf_delta_recur_${N}_${BH}_${C}_${K}_${V}_${VT}_${threads}_${reverse}`,
-    outputShape: [M * C * V + M * K * V + BH * K * V],
+    outputs: [
+      { name: 'YO', shape: [M, C, V] },
+      { name: 'SV', shape: [M, K, V] },
+      { name: 'LS', shape: [BH, K, V] },
+    ],
     inputs: reverse ? ['P', 'Q1', 'Q2', 'GAM', 'S0', 'RS'] : ['P', 'Q1', 'Q2', 'GAM', 'S0'],
     threads,
     numGroups: BH * NVT,
     body: `
       const N = ${N}u; const BH = ${BH}u; const C = ${C}u; const K = ${K}u; const V = ${V}u;
       const VT = ${VT}u; const NVT = ${NVT}u; const TH = ${threads}u;
-      const SAVED = ${M * C * V}u; const LAST = ${M * C * V + M * K * V}u;
       var<workgroup> st: array<f32, ${K * VT}>;
       var<workgroup> yt: array<f32, ${C * VT}>;
-      ${wgPrelude}
-      fn kernel() {
-        let wg = groupIndex();
-        if (wg >= BH * NVT) { return; }
+      fn kernel(wg: u32, tid: u32) {
         let bh = wg / NVT;
         let v0 = (wg % NVT) * VT;
-        for (var e = localIndex; e < K * VT; e += TH) {
+        for (var e = tid; e < K * VT; e += TH) {
           let v = v0 + e % VT;
           var s = 0.0;
           if (v < V) { s = S0[(bh * K + e / VT) * V + v]; }
@@ -362,11 +362,11 @@ function recurProgram(d: RecurDims, reverse: boolean, limit: number, maxThreads:
         for (var step = 0u; step < N; step++) {
           let n = ${reverse ? 'N - 1u - step' : 'step'};
           let m = n * BH + bh;
-          for (var e = localIndex; e < K * VT; e += TH) {
+          for (var e = tid; e < K * VT; e += TH) {
             let v = v0 + e % VT;
-            if (v < V) { result[SAVED + (m * K + e / VT) * V + v] = st[e]; }
+            if (v < V) { SV[(m * K + e / VT) * V + v] = st[e]; }
           }
-          for (var e = localIndex; e < C * VT; e += TH) {
+          for (var e = tid; e < C * VT; e += TH) {
             let r = e / VT;
             let c = e % VT;
             let v = v0 + c;
@@ -375,13 +375,13 @@ function recurProgram(d: RecurDims, reverse: boolean, limit: number, maxThreads:
             var y = 0.0;
             if (v < V) {
               y = P[(m * C + r) * V + v] ${reverse ? '+' : '-'} acc;
-              result[(m * C + r) * V + v] = y;
+              YO[(m * C + r) * V + v] = y;
             }
             yt[e] = y;
           }
           workgroupBarrier();
           let gam = GAM[m];
-          for (var e = localIndex; e < K * VT; e += TH) {
+          for (var e = tid; e < K * VT; e += TH) {
             let kk = e / VT;
             let c = e % VT;
             var acc = 0.0;
@@ -392,12 +392,12 @@ function recurProgram(d: RecurDims, reverse: boolean, limit: number, maxThreads:
           }
           workgroupBarrier();
         }
-        for (var e = localIndex; e < K * VT; e += TH) {
+        for (var e = tid; e < K * VT; e += TH) {
           let v = v0 + e % VT;
-          if (v < V) { result[LAST + (bh * K + e / VT) * V + v] = st[e]; }
+          if (v < V) { LS[(bh * K + e / VT) * V + v] = st[e]; }
         }
       }`,
-  });
+  };
 }
 
 function recurDims(p: TensorInfo, q1: TensorInfo, s0: TensorInfo): RecurDims {
@@ -406,17 +406,11 @@ function recurDims(p: TensorInfo, q1: TensorInfo, s0: TensorInfo): RecurDims {
   return { N: M / BH, BH, C, K: q1.shape[2]!, V };
 }
 
-/** Runs the recurrence and splits its packed output into [Y, saved states, last state]. */
+/** Runs the recurrence: [Y, the saved states, the last state], one dispatch. */
 function runRecur(be: WebGpuBackendLike, inputs: TensorInfo[], reverse: boolean): TensorInfo[] {
   const d = recurDims(inputs[0]!, inputs[1]!, inputs[4]!);
-  const M = d.N * d.BH;
   const limits = be.device.limits;
-  const packed = run(be, recurProgram(d, reverse, limits.maxComputeWorkgroupStorageSize, limits.maxComputeInvocationsPerWorkgroup), inputs);
-  const y = slicePacked(be, packed, 0, [M, d.C, d.V]);
-  const saved = slicePacked(be, packed, M * d.C * d.V, [M, d.K, d.V]);
-  const last = slicePacked(be, packed, M * d.C * d.V + M * d.K * d.V, [d.BH, d.K, d.V]);
-  be.disposeData(packed.dataId);
-  return [y, saved, last];
+  return runMultiOutput(be, recurProgram(d, reverse, limits.maxComputeWorkgroupStorageSize, limits.maxComputeInvocationsPerWorkgroup), inputs);
 }
 
 /** Registers the three kernels for `webgpu` (their gradient is `deltaChunkKernels`'s custom op). */
