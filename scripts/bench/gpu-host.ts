@@ -13,7 +13,7 @@
 // bundled statically: a bundle cannot import the backend module by name at run time
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { Rng, selectBackend, tf } from '@tsformer/core';
-import { registerWebGpuKernels } from '@tsformer/kernels-webgpu';
+import { originalMatMul, registerWebGpuKernels, runMatMul, type TileChoice } from '@tsformer/kernels-webgpu';
 import { DecoderLM } from '@tsformer/model';
 import { AdamW, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 
@@ -123,6 +123,7 @@ async function perCall(name: string, n: number, f: () => void): Promise<void> {
   );
 }
 
+if (!args.includes('--matmul-only')) {
 const x = tf.randomNormal([1024]);
 const y = tf.randomNormal([1024]);
 const big = tf.randomNormal([8 * 512 * 768]);
@@ -226,34 +227,61 @@ console.log(
   console.log(`forward+backward GPU time ${(r.kernelMs as number).toFixed(0)} ms: ${top}`);
   tf.dispose([ids, targets]);
 }
-// the model's matmul shapes at full speed (no per-program passes), 10 reps after a warm-up
+model.dispose();
+opt.dispose();
+}
+// the model's matmul shapes: this package's kernel (default tiles, and each forced tile choice)
+// against tfjs's, TFLOP/s, 20 calls after a warm-up, synced on the GPU
 {
   const N = b * T;
   const shapes: Array<[string, number, number, number, boolean, boolean]> = [
     ['qkv fwd', N, dModel, 3 * dModel, false, false],
+    ['o fwd', N, dModel, dModel, false, false],
     ['fc1 fwd', N, dModel, 4 * dModel, false, false],
     ['fc2 fwd', N, 4 * dModel, dModel, false, false],
-    ['lm head fwd (tied: B^T)', N, dModel, vocab, false, true],
     ['fc1 dX (dY W^T)', N, 4 * dModel, dModel, false, true],
     ['fc1 dW (X^T dY)', dModel, N, 4 * dModel, true, false],
+    ['qkv dW (X^T dY)', dModel, N, 3 * dModel, true, false],
+    ['o dW (X^T dY)', dModel, N, dModel, true, false],
+    ['fc2 dW (X^T dY)', 4 * dModel, N, dModel, true, false],
+    ['lm head fwd (E^T)', N, dModel, vocab, false, true],
+    ['lm head dX (dY E)', N, vocab, dModel, false, false],
     ['lm head dE (dY^T X)', vocab, N, dModel, true, false],
   ];
-  console.log('\n| product | M x K x N | ms | TFLOP/s |\n|---|---|---:|---:|');
+  const be = tf.backend() as unknown as Parameters<typeof runMatMul>[0];
+  const tfjs = originalMatMul()!;
+  const variants: Array<[string, TileChoice | 'tfjs' | 'policy']> = [
+    ['policy', 'policy'],
+    ['tfjs', 'tfjs'],
+    ['128/8 n', { block: 128, bk: 8, order: 'n' }],
+    ['128/8 m', { block: 128, bk: 8, order: 'm' }],
+    ['64/16', { block: 64, bk: 16 }],
+    ['64/8', { block: 64, bk: 8 }],
+  ];
+  console.log(`\n| product | M x K x N | ${variants.map(([v]) => v).join(' | ')} |\n|---|---|${variants.map(() => '---:').join('|')}|`);
   for (const [name, M, K, Nn, tA, tB] of shapes) {
-    const a = tf.randomNormal(tA ? [K, M] : [M, K]);
+    const x = tf.randomNormal(tA ? [K, M] : [M, K]);
     const w = tf.randomNormal(tB ? [Nn, K] : [K, Nn]);
-    for (let i = 0; i < 3; i++) tf.matMul(a, w, tA, tB).dispose();
-    await drain();
-    const reps = 30;
-    const t1 = now();
-    for (let i = 0; i < reps; i++) tf.matMul(a, w, tA, tB).dispose();
-    await drain();
-    const ms = (now() - t1) / reps;
-    console.log(`| ${name} | ${M} x ${K} x ${Nn} | ${ms.toFixed(2)} | ${((2 * M * K * Nn) / (ms * 1e9)).toFixed(1)} |`);
-    tf.dispose([a, w]);
+    const cells: string[] = [];
+    for (const [, v] of variants) {
+      const call = () =>
+        v === 'policy'
+          ? tf.matMul(x, w, tA, tB)
+          : v === 'tfjs'
+            ? tf.engine().makeTensorFromTensorInfo(tfjs.kernelFunc({ inputs: { a: x, b: w }, backend: tf.backend(), attrs: { transposeA: tA, transposeB: tB } }) as tf.TensorInfo)
+            : tf.engine().makeTensorFromTensorInfo(runMatMul(be, x, w, tA, tB, v)!);
+      for (let i = 0; i < 3; i++) call().dispose();
+      await drain();
+      const reps = 20;
+      const t1 = now();
+      for (let i = 0; i < reps; i++) call().dispose();
+      await drain();
+      const ms = (now() - t1) / reps;
+      cells.push(`${((2 * M * K * Nn) / (ms * 1e9)).toFixed(1)}`);
+    }
+    console.log(`| ${name} | ${M} x ${K} x ${Nn} | ${cells.join(' | ')} |`);
+    tf.dispose([x, w]);
   }
 }
-model.dispose();
-opt.dispose();
 onGpu.dispose();
 console.log(`tensors left: ${tf.memory().numTensors}`);
