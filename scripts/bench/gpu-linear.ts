@@ -15,7 +15,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { existsSync, readFileSync } from 'node:fs';
 import { selectBackend, tf } from '@tsformer/core';
-import { GLA, checkCumsum, checkGla, glaCases, kernelActive, registerWebGpuKernels } from '@tsformer/kernels-webgpu';
+import { GLA, GLA_GRAD, checkCumsum, checkGla, glaCases, kernelActive, registerWebGpuKernels } from '@tsformer/kernels-webgpu';
 import { glaChunk, glaChunkComposite } from '@tsformer/ops';
 import { DELTA_RECUR, checkDelta, deltaCases, deltaKernelSupported } from '@tsformer/kernels-webgpu';
 import { deltaChunk, deltaChunkComposite, gatedDeltaChunk, gatedDeltaChunkComposite } from '@tsformer/ops';
@@ -212,6 +212,31 @@ function timer(budgetMs: number): LinearTableOptions['time'] {
   };
 }
 
+/** GPU ms per program (tfjs's kernel profile) of one GLA forward+backward through the kernels. */
+async function profileGla(T: number, B: number, H: number, D: number): Promise<void> {
+  const [q, k, v, dOut] = [0, 1, 2, 3].map(() => tf.randomNormal([B, T, H, D]));
+  const g = tf.tidy(() => tf.logSigmoid(tf.randomNormal([B, T, H, D])).div(16));
+  const step = () => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, d: tf.Tensor) => glaChunk(a, b, c, d).o)([q!, k!, v!, g], dOut!);
+  tf.dispose(step()); // compiles
+  // the kernels alone (no tape): forward, and the backward from the inputs and dO
+  const attrs = { scale: 1 / Math.sqrt(D), hasInit: false, withFinal: false, chunk: 64 };
+  const timeIt = timer(1000);
+  const fw = await timeIt(() => tf.engine().runKernel(GLA, { q: q!, k: k!, v: v!, g, s0: q! }, attrs) as tf.Tensor[]);
+  const bw = await timeIt(() => tf.engine().runKernel(GLA_GRAD, { q: q!, k: k!, v: v!, g, s0: q!, dy: dOut!, dfinal: q! }, attrs) as tf.Tensor[]);
+  const all = await timeIt(step);
+  console.log(`GLA at T=${T}: forward kernels ${fw.ms.toFixed(2)} ms, backward kernels ${bw.ms.toFixed(2)} ms, forward+backward through tf.grads ${all.ms.toFixed(2)} ms`);
+  const r = await tf.time(() => tf.dispose(step()));
+  const by = new Map<string, number>();
+  const info = (r as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
+  for (const part of info.split(', ')) {
+    const m = /^(.*): ([\d.eE+-]+)$/.exec(part);
+    if (m) by.set(m[1]!, (by.get(m[1]!) ?? 0) + Number(m[2]));
+  }
+  const top = [...by.entries()].sort((a, b) => b[1] - a[1]).map(([n, ms]) => `${n} ${ms.toFixed(2)}`).join(', ');
+  console.log(`profile, GLA forward+backward at B=${B} T=${T} H=${H} D=${D}: GPU ${(r.kernelMs as number).toFixed(2)} ms, wall ${r.wallMs.toFixed(2)} ms; ${top}`);
+  tf.dispose([q!, k!, v!, g, dOut!]);
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const arg = (name: string, dflt: string) => {
@@ -230,6 +255,9 @@ async function main(): Promise<void> {
     for (const [i, c] of deltaCases(check).entries()) results.push(await checkDelta(c, seed + 1000 + 10 * i));
     for (const r of results) console.log(`${r.name.padEnd(48)} ${r.fused ? '' : '(not fused) '}${Object.entries(r.errors).map(([k, e]) => `${k} ${e.toExponential(1)}`).join('  ')}`);
   }
+  // --profile T: GPU time per program of one GLA forward+backward at T (timestamp queries)
+  const profileT = Number(arg('profile', '0'));
+  if (profileT > 0) await profileGla(profileT, Number(arg('B', '4')), Number(arg('H', '8')), Number(arg('D', '64')));
   const torchFile = arg('torch', '');
   const torch = torchFile && existsSync(torchFile) ? readFileSync(torchFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
   await linearTable({

@@ -19,13 +19,15 @@ import { KernelProgram, f32, kernelActive, run, slicePacked, type WebGpuBackendL
  * - `cumgate`: b, one thread per (b, chunk, h, channel).
  * - `scan`: the states entering every chunk, [B, H, nC + 1, K, V] (the last: the final state);
  *   one thread per state element, sequential over chunks. Reversed, the same kernel gives dS_n.
+ *   Not an output of the op (the backward runs it again): the op returns o, and the final state
+ *   when asked.
  * - `intra`: o (forward) or dv (backward, A transposed), one workgroup per (b, h, chunk, 64
  *   value columns): A in workgroup memory, then the inter and intra products.
  * - `dqk`: dq, dk and dg, one workgroup per (b, h, chunk, 64 key channels).
  *
  * Backward (dA_ij = dO_i . v_j, j <= i; dS_n the gradient of the state entering chunk n):
  *
- *   dS_n  = diag(exp(bL)) dS_{n+1} + sum_i (q_i * exp(b_i)) dO_i^T   (+ the cotangent of S_n)
+ *   dS_n  = diag(exp(bL)) dS_{n+1} + sum_i (q_i * exp(b_i)) dO_i^T,   dS_nC = the final state's cotangent
  *   dv_j  = sum_{i >= j} A_ij dO_i + (k_j * exp(bL - b_j)) dS_{n+1}
  *   dq_ic = exp(b_ic) (dO_i . S_n[c]) + sum_{j <= i} dA_ij k_jc exp(b_ic - b_jc)
  *   dk_jc = exp(bL_c - b_jc) (v_j . dS_{n+1}[c]) + sum_{i >= j} dA_ij q_ic exp(b_ic - b_jc)
@@ -66,21 +68,17 @@ export interface GlaWebGpuOptions {
  */
 export function glaWebGpu(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, g: tf.Tensor, opts: GlaWebGpuOptions = {}): { o: tf.Tensor; finalState?: tf.Tensor } {
   if (!kernelActive(GLA)) throw new Error('glaWebGpu: the GLA kernel is not registered for the active backend');
-  const [B, , H, K] = q.shape as [number, number, number, number];
+  const K = q.shape[3]!;
   const V = v.shape[3]!;
   if (!glaSupported(K, V)) throw new Error(`glaWebGpu: K ${K} and V ${V} must be in 1..${MAX_WIDTH}`);
   return tf.tidy(() => {
-    const attrs = { scale: opts.scale ?? 1 / Math.sqrt(K), hasInit: opts.initialState !== undefined, chunk: opts.chunkSize ?? 64 };
+    const withFinal = opts.outputFinalState ?? false;
+    const attrs = { scale: opts.scale ?? 1 / Math.sqrt(K), hasInit: opts.initialState !== undefined, withFinal, chunk: opts.chunkSize ?? 64 };
     const inputs = { q, k, v, g, s0: opts.initialState ?? q };
-    const [o, states] = tf.engine().runKernel(GLA, inputs, attrs as unknown as NamedAttrMap) as tf.Tensor[];
-    if (!opts.outputFinalState) return { o: o! };
-    const nC = states!.shape[2]! - 1; // states: [B, H, nC + 1, K, V], the kernel's own chunks
-    // rank 3: tfjs-webgpu's Pad (the gradient of slice) does not compile at rank 5
-    const finalState = states!
-      .reshape([B * H, nC + 1, K * V]) // [B*H, nC+1, K*V]
-      .slice([0, nC, 0], [B * H, 1, K * V]) // [B*H, 1, K*V]
-      .reshape([B, H, K, V]); // [B, H, K, V]
-    return { o: o!, finalState };
+    // [o] or [o, finalState]: no other output, since tfjs's tape fills the cotangent of every unused
+    // output with zeros made on the host (a per-chunk states output cost ~10 ms per step that way)
+    const [o, finalState] = tf.engine().runKernel(GLA, inputs, attrs as unknown as NamedAttrMap) as tf.Tensor[];
+    return withFinal ? { o: o!, finalState: finalState! } : { o: o! };
   });
 }
 
@@ -162,8 +160,8 @@ function cumgateProgram(d: Dims): KernelProgram {
  *
  * forward: X = k, Y = v, E = the initial state (if given). Writes S_n for n = 0..NC.
  *   S_{n+1} = diag(exp(bL_n)) S_n + sum_j (k_j exp(bL_n - b_j)) v_j^T
- * backward: X = q, Y = dO, E = the cotangent of every S_n (if given). Writes dS_n for n = NC..0.
- *   dS_n = diag(exp(bL_n)) dS_{n+1} + sum_i (SCALE q_i exp(b_i)) dO_i^T + E_n
+ * backward: X = q, Y = dO, E = the final state's cotangent dS_NC (if given). Writes dS_n, n = NC..0.
+ *   dS_n = diag(exp(bL_n)) dS_{n+1} + sum_i (SCALE q_i exp(b_i)) dO_i^T
  */
 function scanProgram(d: Dims, scale: number, backward: boolean, hasE: boolean): KernelProgram {
   const NCT = Math.ceil(d.K / 16);
@@ -192,7 +190,7 @@ function scanProgram(d: Dims, scale: number, backward: boolean, hasE: boolean): 
         if (!BACKWARD) {
           if (HAS_E && ok) { s = E[(bh * K + c) * V + v]; }
         } else {
-          if (HAS_E && ok) { s = E[ist(bh, NC, c, v)]; }
+          if (HAS_E && ok) { s = E[(bh * K + c) * V + v]; }
           if (ok) { result[ist(bh, NC, c, v)] = s; }
         }
         for (var m = 0u; m < NC; m++) {
@@ -222,10 +220,7 @@ function scanProgram(d: Dims, scale: number, backward: boolean, hasE: boolean): 
           for (var j = 0u; j < len; j++) { acc += xs[j * 16u + ty] * ys[j * 16u + tx]; }
           if (ok) {
             s = exp(BC[ik(b, last, h, c)]) * s + acc;
-            if (BACKWARD) {
-              if (HAS_E) { s += E[ist(bh, n, c, v)]; }
-              result[ist(bh, n, c, v)] = s;
-            }
+            if (BACKWARD) { result[ist(bh, n, c, v)] = s; }
           }
           workgroupBarrier();
         }
@@ -557,12 +552,12 @@ function dqkProgram(d: Dims, scale: number): KernelProgram {
   });
 }
 
-/** The state entering chunk 0 of every (b, h): [B, H, NS, K, V] -> [B, H, K, V]. */
-function firstStateProgram(d: Dims): KernelProgram {
+/** The state entering chunk n of every (b, h) (n = NC: the final state): [B, H, NS, K, V] -> [B, H, K, V]. */
+function takeStateProgram(d: Dims, at: number): KernelProgram {
   const threads = 128;
   const n = d.B * d.H * d.K * d.V;
   return new KernelProgram({
-    key: keyOf('tsf_gla_first', d, []),
+    key: keyOf('tsf_gla_take', d, [at]),
     outputShape: [d.B, d.H, d.K, d.V],
     inputs: ['S'],
     threads,
@@ -572,7 +567,7 @@ function firstStateProgram(d: Dims): KernelProgram {
       fn kernel() {
         let i = wgIndex() * ${threads}u + localIndex;
         if (i >= B * H * K * V) { return; }
-        result[i] = S[(i / (K * V)) * NS * K * V + i % (K * V)];
+        result[i] = S[((i / (K * V)) * NS + ${at}u) * K * V + i % (K * V)];
       }`,
   });
 }
@@ -596,7 +591,10 @@ export function registerGla(): void {
         const states = run(be, scanProgram(d, scale, false, Boolean(attrs!.hasInit)), [k!, v!, b, s0!]);
         const o = run(be, intraProgram(d, scale, false), [q!, k!, v!, b, states]);
         be.disposeData(b.dataId);
-        return [o, states];
+        const out = [o];
+        if (attrs!.withFinal) out.push(run(be, takeStateProgram(d, d.NC), [states]));
+        be.disposeData(states.dataId);
+        return out;
       },
     });
     tf.registerKernel({
@@ -604,15 +602,17 @@ export function registerGla(): void {
       backendName: 'webgpu',
       kernelFunc: ({ inputs, backend, attrs }) => {
         const be = backend as unknown as WebGpuBackendLike;
-        const { q, k, v, g, states, dy, dstates } = inputs as Record<string, TensorInfo>;
+        const { q, k, v, g, s0, dy, dfinal } = inputs as Record<string, TensorInfo>;
         const d = dimsOf(q!, v!, limitOf(be), attrs!.chunk as number);
         const scale = attrs!.scale as number;
-        const hasE = Boolean(attrs!.hasStateGrad);
+        // the forward's b and states again (one cheap dispatch each), rather than saving them
         const b = run(be, cumgateProgram(d), [g!]);
-        const dS = run(be, scanProgram(d, scale, true, hasE), [q!, dy!, b, dstates!]);
+        const states = run(be, scanProgram(d, scale, false, Boolean(attrs!.hasInit)), [k!, v!, b, s0!]);
+        const dS = run(be, scanProgram(d, scale, true, Boolean(attrs!.withFinal)), [q!, dy!, b, dfinal!]);
         const dv = run(be, intraProgram(d, scale, true), [q!, k!, dy!, b, dS]);
         const packed = run(be, dqkProgram(d, scale), [q!, k!, v!, b, dy!, states!, dS]);
         be.disposeData(b.dataId);
+        be.disposeData(states.dataId);
         const n = d.B * d.T * d.H * d.K;
         const shape = [d.B, d.T, d.H, d.K];
         const dq = slicePacked(be, packed, 0, shape);
@@ -620,7 +620,7 @@ export function registerGla(): void {
         const dg = slicePacked(be, packed, 2 * n, shape);
         be.disposeData(packed.dataId);
         const out = [dq, dk, dv, dg];
-        if (attrs!.hasInit) out.push(run(be, firstStateProgram(d), [dS]));
+        if (attrs!.hasInit) out.push(run(be, takeStateProgram(d, 0), [dS]));
         be.disposeData(dS.dataId);
         return out;
       },
@@ -630,16 +630,14 @@ export function registerGla(): void {
     tf.registerGradient({
       kernelName: GLA,
       inputsToSave: ['q', 'k', 'v', 'g', 's0'],
-      outputsToSave: [false, true],
       gradFunc: (dys, saved, attrs) => {
-        const [q, k, v, g, s0, states] = saved as tf.Tensor[];
-        const [dyO, dyS] = dys as Array<tf.Tensor | null>;
+        const [q, k, v, g, s0] = saved as tf.Tensor[];
+        // tfjs's tape passes zeros for an output the loss does not use
+        const [dy, dFinal] = (Array.isArray(dys) ? dys : [dys]) as tf.Tensor[];
         const hasInit = Boolean(attrs!.hasInit);
-        const dy = dyO ?? tf.zeros([q!.shape[0]!, q!.shape[1]!, q!.shape[2]!, v!.shape[3]!]);
-        // the cotangent of the states output (the final state's, when it is returned); q stands in when absent
-        const gradAttrs = { ...attrs, hasStateGrad: dyS !== null && dyS !== undefined };
-        const inputs = { q: q!, k: k!, v: v!, g: g!, states: states!, dy, dstates: dyS ?? q! };
-        const [dq, dk, dv, dg, ds0] = tf.engine().runKernel(GLA_GRAD, inputs, gradAttrs as unknown as NamedAttrMap) as tf.Tensor[];
+        // the final state's cotangent when it was returned; q stands in otherwise (unread)
+        const inputs = { q: q!, k: k!, v: v!, g: g!, s0: s0!, dy: dy!, dfinal: attrs!.withFinal ? dFinal! : q! };
+        const [dq, dk, dv, dg, ds0] = tf.engine().runKernel(GLA_GRAD, inputs, attrs) as tf.Tensor[];
         // Without an initial state, `s0` is q itself (a placeholder input): its share of q's gradient is zero.
         return { q: () => dq!, k: () => dk!, v: () => dv!, g: () => dg!, s0: () => (hasInit ? ds0! : tf.zerosLike(s0!)) };
       },
