@@ -17,8 +17,9 @@ import { KernelProgram, f32, kernelActive, run, slicePacked, type WebGpuBackendL
  * The intra-chunk weights take exp(b_ic - b_jc) per channel (exact; the exponent is <= 0 for
  * j <= i, so nothing overflows however strong the gates). Kernels:
  * - `cumgate`: b, one thread per (b, chunk, h, channel).
- * - `scan`: the states entering every chunk, [B, H, nC + 1, K, V] (the last: the final state);
- *   one thread per state element, sequential over chunks. Reversed, the same kernel gives dS_n.
+ * - `chunksum` and `carry`: the states entering every chunk, [B, H, nC + 1, K, V] (the last: the
+ *   final state): each chunk's contribution for all chunks at once, then one thread per state
+ *   element, sequential over chunks. Reversed, the same kernels give dS_n.
  *   Not an output of the op (the backward runs it again): the op returns o, and the final state
  *   when asked.
  * - `intra`: o (forward) or dv (backward, A transposed), one workgroup per (b, h, chunk, 64
@@ -155,78 +156,109 @@ function cumgateProgram(d: Dims): KernelProgram {
 }
 
 /**
- * The state recurrence over chunks, one thread per element of a 16 x 16 tile of the K x V state;
- * each chunk's key (or query) and value (or dO) rows of the tile are staged in workgroup memory.
+ * Each chunk's own contribution to the state recurrence, all chunks at once: one workgroup per
+ * (b, h, chunk, 16 x 16 tile of the K x V state), the chunk's rows of the tile staged in workgroup
+ * memory, one thread per state element. Output [B, H, NC, K, V].
  *
- * forward: X = k, Y = v, E = the initial state (if given). Writes S_n for n = 0..NC.
- *   S_{n+1} = diag(exp(bL_n)) S_n + sum_j (k_j exp(bL_n - b_j)) v_j^T
- * backward: X = q, Y = dO, E = the final state's cotangent dS_NC (if given). Writes dS_n, n = NC..0.
- *   dS_n = diag(exp(bL_n)) dS_{n+1} + sum_i (SCALE q_i exp(b_i)) dO_i^T
+ * forward (X = k, Y = v):   U_n = sum_j (k_j exp(bL_n - b_j)) v_j^T
+ * backward (X = q, Y = dO): W_n = sum_i (SCALE q_i exp(b_i)) dO_i^T
  */
-function scanProgram(d: Dims, scale: number, backward: boolean, hasE: boolean): KernelProgram {
+function chunkSumProgram(d: Dims, scale: number, backward: boolean): KernelProgram {
   const NCT = Math.ceil(d.K / 16);
   const NVT = Math.ceil(d.V / 16);
   return new KernelProgram({
-    key: keyOf('tsf_gla_scan', d, [scale, backward, hasE]),
-    outputShape: [d.B, d.H, d.NC + 1, d.K, d.V],
-    inputs: ['X', 'Y', 'BC', 'E'],
+    key: keyOf('tsf_gla_chunksum', d, [scale, backward]),
+    outputShape: [d.B, d.H, d.NC, d.K, d.V],
+    inputs: ['X', 'Y', 'BC'],
     threads: 256,
-    numGroups: d.B * d.H * NCT * NVT,
+    numGroups: d.B * d.H * d.NC * NCT * NVT,
     body: `
       ${constants(d, scale)}
-      const NCT = ${NCT}u; const NVT = ${NVT}u; const BACKWARD = ${backward}; const HAS_E = ${hasE};
+      const NCT = ${NCT}u; const NVT = ${NVT}u; const BACKWARD = ${backward};
       var<workgroup> xs: array<f32, ${d.C * 16}>;
       var<workgroup> ys: array<f32, ${d.C * 16}>;
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
         let wg = workgroupUniformLoad(&wgShared);
-        if (wg >= B * H * NCT * NVT) { return; }
-        let vt = wg % NVT; let ct = (wg / NVT) % NCT; let bh = wg / (NVT * NCT);
+        if (wg >= B * H * NC * NCT * NVT) { return; }
+        let vt = wg % NVT; let ct = (wg / NVT) % NCT; let n = (wg / (NVT * NCT)) % NC; let bh = wg / (NVT * NCT * NC);
         let b = bh / H; let h = bh % H;
         let tx = localIndex % 16u; let ty = localIndex / 16u;
         let c = ct * 16u + ty; let v = vt * 16u + tx;
-        let ok = c < K && v < V;
-        var s = 0.0;
-        if (!BACKWARD) {
-          if (HAS_E && ok) { s = E[(bh * K + c) * V + v]; }
-        } else {
-          if (HAS_E && ok) { s = E[(bh * K + c) * V + v]; }
-          if (ok) { result[ist(bh, NC, c, v)] = s; }
-        }
-        for (var m = 0u; m < NC; m++) {
-          let n = select(m, NC - 1u - m, BACKWARD);
-          if (!BACKWARD && ok) { result[ist(bh, n, c, v)] = s; }
-          let t0 = n * C;
-          let len = chunkLen(n);
-          let last = t0 + len - 1u;
-          for (var e = localIndex; e < C * 16u; e += 256u) {
-            let j = e / 16u; let cc = ct * 16u + e % 16u; let vv = vt * 16u + e % 16u;
-            var x = 0.0;
-            var y = 0.0;
-            if (j < len) {
-              let t = t0 + j;
-              if (cc < K) {
-                let bj = BC[ik(b, t, h, cc)];
-                if (BACKWARD) { x = X[ik(b, t, h, cc)] * SCALE * exp(bj); }
-                else { x = X[ik(b, t, h, cc)] * exp(BC[ik(b, last, h, cc)] - bj); }
-              }
-              if (vv < V) { y = Y[iv(b, t, h, vv)]; }
+        let t0 = n * C;
+        let len = chunkLen(n);
+        let last = t0 + len - 1u;
+        for (var e = localIndex; e < C * 16u; e += 256u) {
+          let j = e / 16u; let cc = ct * 16u + e % 16u; let vv = vt * 16u + e % 16u;
+          var x = 0.0;
+          var y = 0.0;
+          if (j < len) {
+            let t = t0 + j;
+            if (cc < K) {
+              let bj = BC[ik(b, t, h, cc)];
+              if (BACKWARD) { x = X[ik(b, t, h, cc)] * SCALE * exp(bj); }
+              else { x = X[ik(b, t, h, cc)] * exp(BC[ik(b, last, h, cc)] - bj); }
             }
-            xs[e] = x;
-            ys[e] = y;
+            if (vv < V) { y = Y[iv(b, t, h, vv)]; }
           }
-          workgroupBarrier();
-          var acc = 0.0;
-          for (var j = 0u; j < len; j++) { acc += xs[j * 16u + ty] * ys[j * 16u + tx]; }
-          if (ok) {
-            s = exp(BC[ik(b, last, h, c)]) * s + acc;
-            if (BACKWARD) { result[ist(bh, n, c, v)] = s; }
-          }
-          workgroupBarrier();
+          xs[e] = x;
+          ys[e] = y;
         }
-        if (!BACKWARD && ok) { result[ist(bh, NC, c, v)] = s; }
+        workgroupBarrier();
+        var acc = 0.0;
+        for (var j = 0u; j < len; j++) { acc += xs[j * 16u + ty] * ys[j * 16u + tx]; }
+        if (c < K && v < V) { result[(((bh * NC + n) * K + c) * V) + v] = acc; }
       }`,
   });
+}
+
+/**
+ * The state recurrence over chunks from their contributions U (chunkSumProgram): one thread per
+ * state element, sequential over chunks (one load and one multiply-add per chunk).
+ *
+ * forward: E = the initial state (if given). Writes S_n for n = 0..NC.
+ *   S_{n+1} = diag(exp(bL_n)) S_n + U_n
+ * backward: E = the final state's cotangent dS_NC (if given). Writes dS_n, n = NC..0.
+ *   dS_n = diag(exp(bL_n)) dS_{n+1} + W_n
+ */
+function carryProgram(d: Dims, backward: boolean, hasE: boolean): KernelProgram {
+  const threads = 64;
+  const n = d.B * d.H * d.K * d.V;
+  return new KernelProgram({
+    key: keyOf('tsf_gla_carry', d, [backward, hasE]),
+    outputShape: [d.B, d.H, d.NC + 1, d.K, d.V],
+    inputs: ['U', 'BC', 'E'],
+    threads,
+    numGroups: Math.ceil(n / threads),
+    body: `
+      ${constants(d, 1)}
+      const BACKWARD = ${backward}; const HAS_E = ${hasE};
+      fn kernel() {
+        let i = wgIndex() * ${threads}u + localIndex;
+        if (i >= B * H * K * V) { return; }
+        let v = i % V; let c = (i / V) % K; let bh = i / (K * V);
+        let b = bh / H; let h = bh % H;
+        var s = 0.0;
+        if (HAS_E) { s = E[i]; }
+        if (BACKWARD) { result[ist(bh, NC, c, v)] = s; }
+        for (var m = 0u; m < NC; m++) {
+          let n = select(m, NC - 1u - m, BACKWARD);
+          if (!BACKWARD) { result[ist(bh, n, c, v)] = s; }
+          let last = n * C + chunkLen(n) - 1u;
+          s = exp(BC[ik(b, last, h, c)]) * s + U[((bh * NC + n) * K + c) * V + v];
+          if (BACKWARD) { result[ist(bh, n, c, v)] = s; }
+        }
+        if (!BACKWARD) { result[ist(bh, NC, c, v)] = s; }
+      }`,
+  });
+}
+
+/** The states entering every chunk (or their gradients, backward): chunk sums, then the carry. */
+function scan(be: WebGpuBackendLike, d: Dims, scale: number, backward: boolean, x: TensorInfo, y: TensorInfo, b: TensorInfo, e: TensorInfo | undefined): TensorInfo {
+  const u = run(be, chunkSumProgram(d, scale, backward), [x, y, b]);
+  const out = run(be, carryProgram(d, backward, e !== undefined), [u, b, e ?? u]);
+  be.disposeData(u.dataId);
+  return out;
 }
 
 /** Channel (or row) slice streamed through workgroup memory per step. */
@@ -588,7 +620,7 @@ export function registerGla(): void {
         const d = dimsOf(q!, v!, limitOf(be), attrs!.chunk as number);
         const scale = attrs!.scale as number;
         const b = run(be, cumgateProgram(d), [g!]);
-        const states = run(be, scanProgram(d, scale, false, Boolean(attrs!.hasInit)), [k!, v!, b, s0!]);
+        const states = scan(be, d, scale, false, k!, v!, b, attrs!.hasInit ? s0! : undefined);
         const o = run(be, intraProgram(d, scale, false), [q!, k!, v!, b, states]);
         be.disposeData(b.dataId);
         const out = [o];
@@ -607,8 +639,8 @@ export function registerGla(): void {
         const scale = attrs!.scale as number;
         // the forward's b and states again (one cheap dispatch each), rather than saving them
         const b = run(be, cumgateProgram(d), [g!]);
-        const states = run(be, scanProgram(d, scale, false, Boolean(attrs!.hasInit)), [k!, v!, b, s0!]);
-        const dS = run(be, scanProgram(d, scale, true, Boolean(attrs!.withFinal)), [q!, dy!, b, dfinal!]);
+        const states = scan(be, d, scale, false, k!, v!, b, attrs!.hasInit ? s0! : undefined);
+        const dS = scan(be, d, scale, true, q!, dy!, b, attrs!.withFinal ? dfinal! : undefined);
         const dv = run(be, intraProgram(d, scale, true), [q!, k!, dy!, b, dS]);
         const packed = run(be, dqkProgram(d, scale), [q!, k!, v!, b, dy!, states!, dS]);
         be.disposeData(b.dataId);
