@@ -1,6 +1,8 @@
 import type { TensorInfo, NamedAttrMap } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+import { attrsOf, constants, dimsOf, dsSnippet, keyOf, type Dims, type Resolved } from './attention-common.js';
+import { dkvProgramV2, dqProgramV2, forwardProgramV2, v2Rows } from './attention-v2.js';
 
 /**
  * Fused causal attention (flash-style): queries and keys are taken in tiles, the softmax is
@@ -30,13 +32,6 @@ export interface FlashAttentionOptions {
 export const FLASH_ATTENTION = 'TsfFlashAttention';
 export const FLASH_ATTENTION_GRAD = 'TsfFlashAttentionGrad';
 
-interface Resolved {
-  sigmoid: boolean;
-  sigmoidBias: number;
-  window: number; // 0: none
-  scale: number;
-  alibi: boolean;
-}
 
 function resolve(o: FlashAttentionOptions, D: number): Resolved {
   if (o.window !== undefined && !(Number.isInteger(o.window) && o.window > 0)) throw new Error(`flashAttention: window must be a positive integer, got ${o.window}`);
@@ -117,38 +112,6 @@ export function flashAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, opts: F
 
 // ---------------------------------------------------------------------------------------------
 // WGSL
-
-interface Dims {
-  B: number;
-  T: number;
-  H: number;
-  HKV: number;
-  D: number;
-}
-
-function dimsOf(q: TensorInfo, k: TensorInfo): Dims {
-  const [B, T, H, D] = q.shape as [number, number, number, number];
-  return { B, T, H, HKV: k.shape[2]!, D };
-}
-
-function attrsOf(a: NamedAttrMap): Resolved {
-  return { sigmoid: Boolean(a.sigmoid), sigmoidBias: a.sigmoidBias as number, window: a.window as number, scale: a.scale as number, alibi: Boolean(a.alibi) };
-}
-
-function constants(d: Dims, r: Resolved): string {
-  return `
-    const B = ${d.B}u; const T = ${d.T}u; const H = ${d.H}u; const HKV = ${d.HKV}u; const G = ${d.H / d.HKV}u;
-    const D4 = ${d.D / 4}u; const SCALE = ${f32(r.scale)}; const SBIAS = ${f32(r.sigmoidBias)};
-    const WINDOW = ${r.window}u; const SIGMOID = ${r.sigmoid}; const ALIBI = ${r.alibi};
-    const MASKED = -3.0e38;
-    // key j is visible from query i (both < T)
-    fn visible(i: u32, j: u32) -> bool { return j <= i && (WINDOW == 0u || i - j < WINDOW) && i < T && j < T; }
-  `;
-}
-
-function keyOf(name: string, d: Dims, r: Resolved, tiles: number[]): string {
-  return `${name}_${d.B}_${d.T}_${d.H}_${d.HKV}_${d.D}_${r.sigmoid}_${r.sigmoidBias}_${r.window}_${r.scale}_${r.alibi}_${tiles.join('x')}`;
-}
 
 /** Largest power-of-two tile (<= cap) whose shared-memory bytes fit the device. */
 function fitTile(cap: number, bytes: (n: number) => number, limit: number): number {
@@ -275,20 +238,6 @@ function deltaProgram(d: Dims, r: Resolved): KernelProgram {
       }`,
   });
 }
-
-/** The shared part of both backward kernels: dS from the recomputed score. */
-const dsSnippet = `
-  // p and dS for score x (already masked to MASKED when invisible), given dp = dO_i . v_j
-  fn weight(x: f32, lse: f32) -> f32 {
-    if (x <= MASKED) { return 0.0; }
-    if (SIGMOID) { return 1.0 / (1.0 + exp(-(x + SBIAS))); }
-    return exp(x - lse);
-  }
-  fn dscore(p: f32, dp: f32, delta: f32) -> f32 {
-    if (SIGMOID) { return dp * p * (1.0 - p); }
-    return p * (dp - delta);
-  }
-`;
 
 /**
  * dQ: one thread per query row (like the forward): recompute s and p per key, dp = dO_i . v_j,
@@ -467,6 +416,27 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
   });
 }
 
+/**
+ * Which kernels run: `v1` (one thread per query or key row; every head dim) or `v2`
+ * (attention-v2.ts: register-blocked micro-tiles, FlashAttention-2 backward; head dims that are
+ * multiples of 32 whose tiles fit the device's workgroup memory, else v1).
+ */
+export type FlashAttentionImpl = 'v1' | 'v2';
+
+let impl: FlashAttentionImpl = 'v2';
+
+/** Selects the kernels of later calls (forward and backward alike); returns the previous choice. */
+export function setFlashAttentionImpl(next: FlashAttentionImpl): FlashAttentionImpl {
+  const prev = impl;
+  impl = next;
+  return prev;
+}
+
+/** The kernel generation a call with head dim D runs on a device with `limit` bytes of workgroup memory. */
+export function flashAttentionImplFor(D: number, limit: number): FlashAttentionImpl {
+  return impl === 'v2' && v2Rows(D, limit) !== undefined ? 'v2' : 'v1';
+}
+
 function limits(backend: WebGpuBackendLike): [number, number] {
   return [backend.device.limits.maxComputeWorkgroupStorageSize, backend.device.limits.maxComputeInvocationsPerWorkgroup];
 }
@@ -482,7 +452,9 @@ export function registerFlashAttention(): void {
         const { q, k, v, slopes } = inputs as Record<string, TensorInfo>;
         const d = dimsOf(q!, k!);
         const r = attrsOf(attrs!);
-        const packed = run(be, forwardProgram(d, r, ...limits(be)), [q!, k!, v!, slopes!]);
+        const R = impl === 'v2' ? v2Rows(d.D, limits(be)[0]) : undefined;
+        const program = R ? forwardProgramV2(d, r, R) : forwardProgram(d, r, ...limits(be));
+        const packed = run(be, program, [q!, k!, v!, slopes!]);
         const o = slicePacked(be, packed, 0, [d.B, d.T, d.H, d.D]);
         const lse = slicePacked(be, packed, d.B * d.T * d.H * d.D, [d.B, d.H, d.T]);
         be.disposeData(packed.dataId);
@@ -500,8 +472,9 @@ export function registerFlashAttention(): void {
         // delta is unused by the sigmoid variant; lse stands in for it (same shape).
         const delta = r.sigmoid ? lse! : run(be, deltaProgram(d, r), [o!, dy!]);
         const ins = [q!, k!, v!, slopes!, dy!, lse!, delta];
-        const dq = run(be, dqProgram(d, r, ...limits(be)), ins);
-        const packed = run(be, dkvProgram(d, r, ...limits(be)), ins);
+        const R = impl === 'v2' ? v2Rows(d.D, limits(be)[0]) : undefined;
+        const dq = run(be, R ? dqProgramV2(d, r, R) : dqProgram(d, r, ...limits(be)), ins);
+        const packed = run(be, R ? dkvProgramV2(d, r, R) : dkvProgram(d, r, ...limits(be)), ins);
         if (!r.sigmoid) be.disposeData(delta.dataId);
         const kvShape = [d.B, d.T, d.HKV, d.D];
         const dk = slicePacked(be, packed, 0, kvShape);

@@ -112,6 +112,12 @@ export function attentionCases(scale = 1): AttentionCase[] {
     { B: 1, T: T(50), H: 4, Hkv: 2, D: 16, opts: { alibiSlopes: geometricSlopes(4) } },
     { B: 1, T: T(41), H: 2, Hkv: 1, D: 16, opts: { score: 'sigmoid', sigmoidBias: -Math.log(T(41)), window: 12 } },
     { B: 1, T: T(66), H: 2, Hkv: 2, D: 64, opts: { window: 40, alibiSlopes: [0.5, 0.125] } },
+    // the register-blocked kernels (attention-v2.ts: D a multiple of 32; blocks of 32 or 16 rows),
+    // T not a multiple of the block: GQA with a window, MQA with ALiBi, sigmoid, three vec4 columns
+    { B: 2, T: T(45), H: 4, Hkv: 2, D: 32, opts: { window: 19 } },
+    { B: 1, T: T(50), H: 3, Hkv: 1, D: 64, opts: { alibiSlopes: geometricSlopes(3) } },
+    { B: 1, T: T(41), H: 2, Hkv: 1, D: 32, opts: { score: 'sigmoid', sigmoidBias: -3, window: 12 } },
+    { B: 1, T: T(37), H: 2, Hkv: 2, D: 96, opts: { window: 20, alibiSlopes: [0.5, 0.125] } },
   ];
 }
 

@@ -1,0 +1,466 @@
+import { KernelProgram } from './program.js';
+import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attention-common.js';
+
+/**
+ * Register-blocked attention kernels (v2), FlashAttention-2 structure, fp32.
+ *
+ * Every kernel runs 64 threads as an 8 x 8 grid (tx = localIndex % 8, ty = localIndex / 8) on square
+ * blocks of BB = 8 R queries by BB keys (R = 4 when workgroup memory allows, else 2). The operand
+ * tiles (q, k, v, dO: BB rows x D) sit in workgroup memory in their row layout, rows padded to D + 4
+ * floats so that 8 consecutive rows read at the same column hit 8 different bank quads.
+ *
+ * Two micro-tile shapes per thread:
+ *   - score tiles (S = q k^T, dP = dO v^T, reductions over D): R x R entries, rows ty + 8a, columns
+ *     tx + 8b; per 4 channels a thread reads 2R vec4 and does R^2 dot products;
+ *   - accumulator tiles (o, dq, dk, dv: BB rows x D): R consecutive rows ty R + r by the vec4
+ *     columns tx + 8c (D / 32 of them); the weight tile (P, dS) goes through workgroup memory,
+ *     transposed so that the R weights of a thread's rows are one vecR load.
+ *
+ * Scores are s_ij = scale q_i . k_j - slope_h (i - j) (see attention.ts); q is scaled when staged.
+ * The forward and dQ kernels take one (b, h, query block) per workgroup and walk the key blocks up
+ * to the diagonal (from the window's start); the dK/dV kernel takes one (b, kv head, key block) and
+ * walks, for each of the G query heads of its kv head, the query blocks from the diagonal to the
+ * window's end (no atomics). The heaviest blocks are dispatched first.
+ */
+
+const THREADS = 64;
+
+/** Workgroup bytes of the largest v2 kernel (dK/dV) at R rows per thread. */
+function bytesV2(D: number, R: number): number {
+  const BB = 8 * R;
+  return 4 * BB * (D / 4 + 1) * 16 + 2 * BB * (BB + R) * 4 + 2 * BB * 4 + 16;
+}
+
+/**
+ * Rows per thread of the v2 kernels for head dim D on a device with `limit` bytes of workgroup
+ * memory, or undefined when v2 does not take D (D must be a multiple of 32).
+ */
+export function v2Rows(D: number, limit: number): 4 | 2 | undefined {
+  if (D % 32 !== 0) return undefined;
+  if (bytesV2(D, 4) <= limit) return 4;
+  if (bytesV2(D, 2) <= limit) return 2;
+  return undefined;
+}
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/**
+ * Explicit zeros for a function-scope array declared in a loop body: WGSL zero-initializes it at
+ * each declaration, but SwiftShader kept the previous iteration's values (checked on T > one block).
+ */
+const zero = (name: string, n: number) => range(n).map((i) => `${name}[${i}] = 0.0;`).join(' ');
+
+/** Shared WGSL constants of the v2 kernels. */
+function tileConstants(d: Dims, R: number): string {
+  const BB = 8 * R;
+  return `
+    const R = ${R}u; const BB = ${BB}u;
+    // a weight tile row: BB / R vectors of R, plus one (its 8 writers tx + 8b sit 4 R + 4 floats apart)
+    const PS = ${BB / R + 1}u;
+    const RS = D4 + 1u; // padded row stride of an operand tile, in vec4
+    const NB = ${Math.ceil(d.T / BB)}u;
+  `;
+}
+
+/** Copies BB rows of a [B, T, heads, D] tensor (rows r0.., head hd) into a padded tile; rows past T repeat row T - 1. */
+function loadTile(tile: string, src: string, heads: string, r0: string, scale = ''): string {
+  return `for (var e = localIndex; e < BB * D4; e += ${THREADS}u) {
+          let rr = e / D4; let c = e % D4;
+          let row = min(${r0} + rr, T - 1u);
+          ${tile}[rr * RS + c] = ${src}[((b * T + row) * ${heads} + hd) * D4 + c]${scale};
+        }`;
+}
+
+/**
+ * acc[a R + b] += A[row ty + 8a] . Bt[row tx + 8b] over D, both padded tiles (a score micro-tile).
+ */
+function scoreTile(acc: string, A: string, Bt: string, R: number): string {
+  const lines: string[] = [];
+  for (const a of range(R)) lines.push(`let a${a} = ${A}[(ty + ${8 * a}u) * RS + c];`);
+  for (const b of range(R)) lines.push(`let b${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
+  for (const a of range(R)) for (const b of range(R)) lines.push(`${acc}[${a * R + b}] += dot(a${a}, b${b});`);
+  return `for (var c = 0u; c < D4; c++) {
+          ${lines.join('\n          ')}
+        }`;
+}
+
+/**
+ * acc[r DC + c] += w[n][ty R + r] * X[n][tx + 8c] over the BB rows n of a padded tile X, w a [BB][BB]
+ * weight tile of vecR (an accumulator micro-tile update). Several (acc, w, X) triples share the loop.
+ */
+function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string, X: string]>): string {
+  const lines: string[] = [];
+  parts.forEach(([acc, w, X], p) => {
+    lines.push(`let w${p} = ${w}[n * PS + ty];`);
+    for (const c of range(DC)) {
+      lines.push(`let x${p}_${c} = ${X}[n * RS + tx + ${8 * c}u];`);
+      for (const r of range(R)) lines.push(`${acc}[${r * DC + c}] = fma(vec4<f32>(w${p}[${r}]), x${p}_${c}, ${acc}[${r * DC + c}]);`);
+    }
+  });
+  return `for (var n = 0u; n < BB; n++) {
+          ${lines.join('\n          ')}
+        }`;
+}
+
+/** The scheduling order: blocks of equal weight together, the heaviest first. */
+function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
+  return `let blk = wg / (B * ${heads});
+        let hd = wg % ${heads};
+        let b = (wg / ${heads}) % B;
+        let blkIdx = ${heavyFirst === 'low' ? 'blk' : 'NB - 1u - blk'};`;
+}
+
+/**
+ * Forward: o [B, T, H, D] then lse [B, H, T], packed. Per key block: S (R x R per thread, rows
+ * ty + 8a, keys tx + 8b); the row max through workgroup memory (8 partial maxima per row); each
+ * thread keeps the running max of its rows and a partial running sum over its own keys (summed
+ * over the 8 threads of a row at the end); P^T into workgroup memory; then o = o corr + P V on the
+ * accumulator tile (rows ty R + r).
+ */
+export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
+  const BB = 8 * R;
+  const DC = d.D / 32;
+  const NB = Math.ceil(d.T / BB);
+  const each = (f: (a: number, b: number) => string) =>
+    range(R)
+      .flatMap((a) => range(R).map((b) => f(a, b)))
+      .join('\n          ');
+  return new KernelProgram({
+    key: keyOf('tsf_fa2_fwd', d, r, [R]),
+    outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
+    inputs: ['Q', 'K', 'V', 'S'],
+    components: [4, 4, 4, 1],
+    threads: THREADS,
+    numGroups: d.B * d.H * NB,
+    body: `
+      ${constants(d, r)}
+      ${tileConstants(d, R)}
+      var<workgroup> qs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> pt: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // P^T: [key][query / R]
+      var<workgroup> part: array<f32, ${BB * 8}>; // per query row, one partial max (then sum) per tx
+      var<workgroup> crow: array<f32, ${BB}>; // per query row: the correction of o, then the final max
+      var<workgroup> wgShared: u32;
+      fn kernel() {
+        if (localIndex == 0u) { wgShared = wgIndex(); }
+        let wg = workgroupUniformLoad(&wgShared);
+        if (wg >= B * H * NB) { return; }
+        ${blockOrder('H', 'high')}
+        let h = hd;
+        let g = h / G;
+        let tx = localIndex % 8u;
+        let ty = localIndex / 8u;
+        let iLo = blkIdx * BB;
+        let slope = select(0.0, S[h], ALIBI);
+        ${loadTile('qs', 'Q', 'H', 'iLo', ' * SCALE')}
+        var o: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `o[${i}] = vec4<f32>(0.0);`).join(' ')}
+        // rows ty + 8a: running max, partial running sum over keys tx + 8b
+        var m: array<f32, ${R}>;
+        var l: array<f32, ${R}>; ${zero('l', R)}
+        ${range(R)
+          .map((a) => `m[${a}] = MASKED;`)
+          .join(' ')}
+        let kHi = min(T, iLo + BB);
+        var kLo = 0u;
+        if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
+        for (var j0 = (kLo / BB) * BB; j0 < kHi; j0 += BB) {
+          workgroupBarrier();
+          {
+            let hd = g;
+            ${loadTile('ks', 'K', 'HKV', 'j0')}
+            ${loadTile('vs', 'V', 'HKV', 'j0')}
+          }
+          workgroupBarrier();
+          var s: array<f32, ${R * R}>; ${zero('s', R * R)}
+          ${scoreTile('s', 'qs', 'ks', R)}
+          ${each(
+            (a, b) => `{
+            let i = iLo + ty + ${8 * a}u; let j = j0 + tx + ${8 * b}u;
+            var x = s[${a * R + b}];
+            x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
+            x = select(MASKED, x, visible(i, j));
+            s[${a * R + b}] = x;
+          }`,
+          )}
+          if (!SIGMOID) {
+            ${range(R)
+              .map((a) => `part[(ty + ${8 * a}u) * 8u + tx] = max(max(s[${a * R}], s[${a * R + 1}]), ${R === 4 ? `max(s[${a * R + 2}], s[${a * R + 3}])` : 'MASKED'});`)
+              .join('\n            ')}
+          }
+          workgroupBarrier();
+          ${range(R)
+            .map(
+              (a) => `{
+            let qi = ty + ${8 * a}u;
+            var corr = 1.0;
+            var mt = m[${a}];
+            if (!SIGMOID) {
+              for (var t = 0u; t < 8u; t++) { mt = max(mt, part[qi * 8u + t]); }
+              corr = exp(m[${a}] - mt);
+              m[${a}] = mt;
+              l[${a}] *= corr;
+            }
+            ${range(R)
+              .map(
+                (b) => `{
+              let x = s[${a * R + b}];
+              let p = select(0.0, select(exp(x - mt), 1.0 / (1.0 + exp(-(x + SBIAS))), SIGMOID), x > MASKED);
+              l[${a}] += p;
+              pt[(tx + ${8 * b}u) * PS + qi / R][qi % R] = p;
+            }`,
+              )
+              .join('\n            ')}
+            if (tx == 0u) { crow[qi] = corr; }
+          }`,
+            )
+            .join('\n          ')}
+          workgroupBarrier();
+          ${range(R)
+            .map((rr) => `{ let cr = crow[ty * R + ${rr}u]; ${range(DC).map((c) => `o[${rr * DC + c}] *= cr;`).join(' ')} }`)
+            .join('\n          ')}
+          ${accumulate(R, DC, [['o', 'pt', 'vs']])}
+        }
+        // the row sums: 8 partial sums per row; the row max from the tx == 0 thread of the row
+        workgroupBarrier();
+        ${range(R)
+          .map((a) => `part[(ty + ${8 * a}u) * 8u + tx] = l[${a}]; if (tx == 0u) { crow[ty + ${8 * a}u] = m[${a}]; }`)
+          .join('\n        ')}
+        workgroupBarrier();
+        ${range(R)
+          .map(
+            (rr) => `{
+          let qi = ty * R + ${rr}u;
+          let i = iLo + qi;
+          var lsum = 0.0;
+          for (var t = 0u; t < 8u; t++) { lsum += part[qi * 8u + t]; }
+          if (i < T) {
+            let inv = select(1.0 / lsum, 1.0, SIGMOID);
+            let base = ((b * T + i) * H + h) * D4 * 4u;
+            ${range(DC)
+              .map(
+                (c) => `{ let col = base + (tx + ${8 * c}u) * 4u; let v = o[${rr * DC + c}] * inv;
+              result[col] = v.x; result[col + 1u] = v.y; result[col + 2u] = v.z; result[col + 3u] = v.w; }`,
+              )
+              .join('\n            ')}
+            if (tx == 0u) { result[B * T * H * D4 * 4u + (b * H + h) * T + i] = select(crow[qi] + log(lsum), 0.0, SIGMOID); }
+          }
+        }`,
+          )
+          .join('\n        ')}
+      }`,
+  });
+}
+
+/**
+ * dQ: per (b, h, query block), q (scaled) and dO resident; per key block S and dP (R x R per
+ * thread), dS = P (dP - delta) into workgroup memory as dS^T, then dq += dS K; dq = scale * that.
+ */
+export function dqProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
+  const BB = 8 * R;
+  const DC = d.D / 32;
+  const NB = Math.ceil(d.T / BB);
+  return new KernelProgram({
+    key: keyOf('tsf_fa2_dq', d, r, [R]),
+    outputShape: [d.B, d.T, d.H, d.D],
+    inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
+    components: [4, 4, 4, 1, 4, 1, 1],
+    threads: THREADS,
+    numGroups: d.B * d.H * NB,
+    body: `
+      ${constants(d, r)}
+      ${dsSnippet}
+      ${tileConstants(d, R)}
+      var<workgroup> qs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> dos: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> dst: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // dS^T: [key][query / R]
+      var<workgroup> lset: array<f32, ${BB}>;
+      var<workgroup> deltat: array<f32, ${BB}>;
+      var<workgroup> wgShared: u32;
+      fn kernel() {
+        if (localIndex == 0u) { wgShared = wgIndex(); }
+        let wg = workgroupUniformLoad(&wgShared);
+        if (wg >= B * H * NB) { return; }
+        ${blockOrder('H', 'high')}
+        let h = hd;
+        let g = h / G;
+        let tx = localIndex % 8u;
+        let ty = localIndex / 8u;
+        let iLo = blkIdx * BB;
+        let slope = select(0.0, S[h], ALIBI);
+        ${loadTile('qs', 'Q', 'H', 'iLo', ' * SCALE')}
+        ${loadTile('dos', 'DO', 'H', 'iLo')}
+        if (localIndex < BB) {
+          let i = min(iLo + localIndex, T - 1u);
+          lset[localIndex] = LSE[(b * H + h) * T + i];
+          deltat[localIndex] = select(DELTA[(b * H + h) * T + i], 0.0, SIGMOID);
+        }
+        var dq: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dq[${i}] = vec4<f32>(0.0);`).join(' ')}
+        let kHi = min(T, iLo + BB);
+        var kLo = 0u;
+        if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
+        for (var j0 = (kLo / BB) * BB; j0 < kHi; j0 += BB) {
+          workgroupBarrier();
+          {
+            let hd = g;
+            ${loadTile('ks', 'K', 'HKV', 'j0')}
+            ${loadTile('vs', 'V', 'HKV', 'j0')}
+          }
+          workgroupBarrier();
+          var s: array<f32, ${R * R}>; ${zero('s', R * R)}
+          var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
+          ${scoreTile('s', 'qs', 'ks', R)}
+          ${scoreTile('dp', 'dos', 'vs', R)}
+          ${range(R)
+            .map((a) =>
+              range(R)
+                .map(
+                  (bb) => `{
+            let qi = ty + ${8 * a}u; let kj = tx + ${8 * bb}u;
+            let i = iLo + qi; let j = j0 + kj;
+            var x = s[${a * R + bb}];
+            x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
+            x = select(MASKED, x, visible(i, j));
+            dst[kj * PS + qi / R][qi % R] = dscore(weight(x, lset[qi]), dp[${a * R + bb}], deltat[qi]);
+          }`,
+                )
+                .join('\n'),
+            )
+            .join('\n')}
+          workgroupBarrier();
+          ${accumulate(R, DC, [['dq', 'dst', 'ks']])}
+        }
+        ${range(R)
+          .map(
+            (rr) => `{
+          let i = iLo + ty * R + ${rr}u;
+          if (i < T) {
+            let base = ((b * T + i) * H + h) * D4 * 4u;
+            ${range(DC)
+              .map(
+                (c) => `{ let col = base + (tx + ${8 * c}u) * 4u; let v = dq[${rr * DC + c}] * SCALE;
+              result[col] = v.x; result[col + 1u] = v.y; result[col + 2u] = v.z; result[col + 3u] = v.w; }`,
+              )
+              .join('\n            ')}
+          }
+        }`,
+          )
+          .join('\n        ')}
+      }`,
+  });
+}
+
+/**
+ * dK and dV, packed [2, B, T, Hkv, D]: per (b, kv head, key block), k and v resident; for each query
+ * head of the kv head and each query block that sees the keys: S^T and dP^T (R x R per thread, keys
+ * by queries), P^T and dS^T into workgroup memory, then dv += P^T dO and dk += dS^T (scale q).
+ */
+export function dkvProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
+  const BB = 8 * R;
+  const DC = d.D / 32;
+  const NB = Math.ceil(d.T / BB);
+  return new KernelProgram({
+    key: keyOf('tsf_fa2_dkv', d, r, [R]),
+    outputShape: [2 * d.B * d.T * d.HKV * d.D],
+    inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
+    components: [4, 4, 4, 1, 4, 1, 1],
+    threads: THREADS,
+    numGroups: d.B * d.HKV * NB,
+    body: `
+      ${constants(d, r)}
+      ${dsSnippet}
+      ${tileConstants(d, R)}
+      var<workgroup> ks: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> qs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> dos: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
+      var<workgroup> pt: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // P: [query][key / R]
+      var<workgroup> dst: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // dS: [query][key / R]
+      var<workgroup> lset: array<f32, ${BB}>;
+      var<workgroup> deltat: array<f32, ${BB}>;
+      var<workgroup> wgShared: u32;
+      fn kernel() {
+        if (localIndex == 0u) { wgShared = wgIndex(); }
+        let wg = workgroupUniformLoad(&wgShared);
+        if (wg >= B * HKV * NB) { return; }
+        // the earliest keys are seen by the most queries: low key blocks first
+        ${blockOrder('HKV', 'low')}
+        let g = hd;
+        let tx = localIndex % 8u;
+        let ty = localIndex / 8u;
+        let jLo = blkIdx * BB;
+        ${loadTile('ks', 'K', 'HKV', 'jLo')}
+        ${loadTile('vs', 'V', 'HKV', 'jLo')}
+        var dk: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dk[${i}] = vec4<f32>(0.0);`).join(' ')}
+        var dv: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dv[${i}] = vec4<f32>(0.0);`).join(' ')}
+        // queries that see this key block: [jLo, iHi)
+        var iHi = T;
+        if (WINDOW > 0u) { iHi = min(T, jLo + BB - 1u + WINDOW); }
+        for (var hh = 0u; hh < G; hh++) {
+          let h = g * G + hh;
+          let slope = select(0.0, S[h], ALIBI);
+          for (var i0 = jLo; i0 < iHi; i0 += BB) {
+            workgroupBarrier();
+            {
+              let hd = h;
+              ${loadTile('qs', 'Q', 'H', 'i0', ' * SCALE')}
+              ${loadTile('dos', 'DO', 'H', 'i0')}
+            }
+            if (localIndex < BB) {
+              let i = min(i0 + localIndex, T - 1u);
+              lset[localIndex] = LSE[(b * H + h) * T + i];
+              deltat[localIndex] = select(DELTA[(b * H + h) * T + i], 0.0, SIGMOID);
+            }
+            workgroupBarrier();
+            var s: array<f32, ${R * R}>; ${zero('s', R * R)}
+            var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
+            ${scoreTile('s', 'ks', 'qs', R)}
+            ${scoreTile('dp', 'vs', 'dos', R)}
+            ${range(R)
+              .map((a) =>
+                range(R)
+                  .map(
+                    (bb) => `{
+              let kj = ty + ${8 * a}u; let qi = tx + ${8 * bb}u;
+              let i = i0 + qi; let j = jLo + kj;
+              var x = s[${a * R + bb}];
+              x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
+              x = select(MASKED, x, visible(i, j));
+              let p = weight(x, lset[qi]);
+              pt[qi * PS + kj / R][kj % R] = p;
+              dst[qi * PS + kj / R][kj % R] = dscore(p, dp[${a * R + bb}], deltat[qi]);
+            }`,
+                  )
+                  .join('\n'),
+              )
+              .join('\n')}
+            workgroupBarrier();
+            ${accumulate(R, DC, [
+              ['dv', 'pt', 'dos'],
+              ['dk', 'dst', 'qs'],
+            ])}
+          }
+        }
+        let off = B * T * HKV * D4 * 4u;
+        ${range(R)
+          .map(
+            (rr) => `{
+          let j = jLo + ty * R + ${rr}u;
+          if (j < T) {
+            let base = ((b * T + j) * HKV + g) * D4 * 4u;
+            ${range(DC)
+              .map(
+                (c) => `{ let col = base + (tx + ${8 * c}u) * 4u; let k4 = dk[${rr * DC + c}]; let v4 = dv[${rr * DC + c}];
+              result[col] = k4.x; result[col + 1u] = k4.y; result[col + 2u] = k4.z; result[col + 3u] = k4.w;
+              result[off + col] = v4.x; result[off + col + 1u] = v4.y; result[off + col + 2u] = v4.z; result[off + col + 3u] = v4.w; }`,
+              )
+              .join('\n            ')}
+          }
+        }`,
+          )
+          .join('\n        ')}
+      }`,
+  });
+}
