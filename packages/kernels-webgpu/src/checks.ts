@@ -358,6 +358,7 @@ export interface MatMulCase {
   block?: 64 | 128;
   bk?: 8 | 16;
   order?: 'n' | 'm';
+  split?: number;
 }
 
 /** Odd shapes (not multiples of the tiles, K below a tile step), transposes, batch broadcast. */
@@ -377,6 +378,11 @@ export function matMulCases(): MatMulCase[] {
     { a: [2, 300, 33], b: [2, 33, 270], block: 128, order: 'm' },
     { a: [150, 70], b: [130, 150], transA: true, transB: true, block: 64, order: 'm' },
     { a: [1536, 24], b: [24, 1540] },
+    // K split into slices summed afterwards: forced, uneven, and the automatic choice (few blocks, long K)
+    { a: [700, 70], b: [700, 90], transA: true, block: 64, split: 3 },
+    { a: [2, 65, 333], b: [2, 333, 66], block: 64, bk: 8, split: 5 },
+    { a: [130, 2050], b: [2050, 96], block: 128, split: 2 },
+    { a: [2048, 64], b: [2048, 72], transA: true },
   ];
 }
 
@@ -391,8 +397,8 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   const onWebGpu = tf.getBackend() === 'webgpu';
   const ours = (tf.getKernel('BatchMatMul', 'webgpu') as { tsformer?: boolean } | undefined)?.tsformer === true;
   let y: tf.Tensor;
-  if ((c.block || c.order) && onWebGpu && shape) {
-    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bk: c.bk, order: c.order })!);
+  if ((c.block || c.order || c.split) && onWebGpu && shape) {
+    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bk: c.bk, order: c.order, split: c.split })!);
   } else y = tf.matMul(a, b, transA, transB);
   const [ha, hb, hy] = await Promise.all([a.data(), b.data(), y.data()]);
   const s = matMulShape(a, b, transA, transB)!;
@@ -420,7 +426,7 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   }
   const shapeOk = tf.util.arraysEqual(y.shape, s.outShape);
   tf.dispose([a, b, y]);
-  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bk ? ` bk ${c.bk}` : ''}${c.order ? ` order ${c.order}` : ''}`;
+  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bk ? ` bk ${c.bk}` : ''}${c.order ? ` order ${c.order}` : ''}${c.split ? ` split ${c.split}` : ''}`;
   return { name, fused: onWebGpu && ours && shapeOk && s.M >= 64 && s.N >= 64, errors: { out: Math.sqrt(num / Math.max(den, 1e-30)) }, ms: performance.now() - t0 };
 }
 

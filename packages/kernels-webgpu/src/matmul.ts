@@ -33,6 +33,8 @@ export interface MatMulShape {
 
 interface Tiles {
   order: 'n' | 'm';
+  /** Slices of K computed by separate workgroups into partial products, then summed (1: none). */
+  split: number;
   BM: number;
   BN: number;
   BK: number;
@@ -52,7 +54,14 @@ export function matMulTiles(s: MatMulShape, limit: number, force: TileChoice = {
   // 128-blocks step K by 8: on the H100 (gpu.ts --calibrate 4096) BK 8 ran 29-34 TFLOP/s in every
   // transpose combination against 17-25 with BK 16 (two 64 KiB-per-step tiles cut occupancy)
   const BK = force.bk ?? (big || bytes(16) > limit ? 8 : 16);
-  return { BM, BN: BM, BK, TM, TN: TM, order: force.order ?? 'n' };
+  // Split K when the blocks alone leave the GPU underfed (fewer than ~4 per SM of an H100) and K is
+  // long: the weight gradients X^T dY of a training step (M, N = the layer's widths, K = tokens) ran
+  // 3-16 TFLOP/s unsplit on the H100. Each slice keeps at least 32 K steps.
+  const blocks = s.batch * Math.ceil(s.M / BM) * Math.ceil(s.N / BM);
+  const steps = Math.ceil(s.K / BK);
+  const auto = Math.max(1, Math.min(16, Math.ceil(528 / blocks), Math.floor(steps / 32)));
+  const split = Math.max(1, Math.min(force.split ?? auto, steps));
+  return { BM, BN: BM, BK, TM, TN: TM, order: force.order ?? 'n', split };
 }
 
 /** Forces a block size, K step or workgroup order (checks exercise every configuration; calibration picks). */
@@ -61,6 +70,8 @@ export interface TileChoice {
   bk?: 8 | 16;
   /** Which block index runs fastest across consecutive workgroups: `n` (default; they share A's rows) or `m`. */
   order?: 'n' | 'm';
+  /** K slices summed afterwards (default: automatic, more when the blocks alone are few and K long; 1: none). */
+  split?: number;
 }
 
 /** The four transpose combinations of a product: `nt` is A @ B^T. */
@@ -107,6 +118,9 @@ function program(s: MatMulShape, t: Tiles): KernelProgram {
   const tilesM = Math.ceil(M / BM);
   const tilesN = Math.ceil(N / BN);
   const steps = Math.ceil(K / BK);
+  // K slices: slice sp takes steps [sp * PER, min(STEPS, (sp + 1) * PER)); every slice non-empty
+  const per = Math.ceil(steps / t.split);
+  const split = Math.ceil(steps / per);
 
   // global quad loader of one operand: element (r, c..c+3) of the stored matrix at offset `off`
   const loader = (name: string, rows: number, cols: number, vec: boolean) =>
@@ -191,15 +205,16 @@ function program(s: MatMulShape, t: Tiles): KernelProgram {
   const regDecl = [...Array.from({ length: aQuads }, (_, l) => `var ra${l} = vec4<f32>(0.0);`), ...Array.from({ length: bQuads }, (_, l) => `var rb${l} = vec4<f32>(0.0);`)].join(' ');
 
   return new KernelProgram({
-    key: `tsf_matmul_${s.batch}_${s.batchA}_${s.batchB}_${M}_${N}_${K}_${transA}_${transB}_${BM}x${BN}x${BK}_${TM}x${TN}_${order}`,
-    outputShape: [s.batch, M, N],
+    key: `tsf_matmul_${s.batch}_${s.batchA}_${s.batchB}_${M}_${N}_${K}_${transA}_${transB}_${BM}x${BN}x${BK}_${TM}x${TN}_${order}_${split}`,
+    outputShape: [split * s.batch, M, N],
     inputs: ['A', 'B'],
     components: [vecA ? 4 : 1, vecB ? 4 : 1],
     threads: THREADS,
-    numGroups: s.batch * tilesM * tilesN,
+    numGroups: split * s.batch * tilesM * tilesN,
     body: `
       const M = ${M}u; const N = ${N}u; const K = ${K}u; const BATCH = ${s.batch}u;
       const BK = ${BK}u; const STEPS = ${steps}u; const TILES_M = ${tilesM}u; const TILES_N = ${tilesN}u;
+      const PER = ${per}u; const SPLIT = ${split}u;
       var<workgroup> As: array<vec4<f32>, ${(2 * BK * BM) / 4}>;
       var<workgroup> Bs: array<vec4<f32>, ${(2 * BK * BN) / 4}>;
       var<workgroup> wgShared: u32;
@@ -207,26 +222,31 @@ function program(s: MatMulShape, t: Tiles): KernelProgram {
       ${loader('B', bRows, bCols, vecB)}
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
-        let wg = workgroupUniformLoad(&wgShared);
-        if (wg >= BATCH * TILES_M * TILES_N) { return; }
+        let wgAll = workgroupUniformLoad(&wgShared);
+        if (wgAll >= SPLIT * BATCH * TILES_M * TILES_N) { return; }
+        // the K slice, then the block within the batch
+        let sp = wgAll / (BATCH * TILES_M * TILES_N);
+        let wg = wgAll % (BATCH * TILES_M * TILES_N);
+        let kt0 = sp * PER;
+        let kt1 = min(STEPS, kt0 + PER);
         ${order === 'n' ? `let n0 = (wg % TILES_N) * ${BN}u;
         let m0 = ((wg / TILES_N) % TILES_M) * ${BM}u;` : `let m0 = (wg % TILES_M) * ${BM}u;
         let n0 = ((wg / TILES_M) % TILES_N) * ${BN}u;`}
         let b = wg / (TILES_N * TILES_M);
         let aOff = ${s.batchA === 1 ? '0u' : `b * ${M * K}u`};
         let bOff = ${s.batchB === 1 ? '0u' : `b * ${K * N}u`};
-        let cOff = b * ${M * N}u;
+        let cOff = (sp * BATCH + b) * ${M * N}u;
         let tx = localIndex % ${TX}u;
         let ty = localIndex / ${TX}u;
         var acc: array<vec4<f32>, ${(TM * TN) / 4}>;
         for (var i = 0u; i < ${(TM * TN) / 4}u; i++) { acc[i] = vec4<f32>(0.0); }
         ${regDecl}
-        ${loadRegs('0u')}
+        ${loadRegs('kt0')}
         ${storeRegs('0u')}
         workgroupBarrier();
-        for (var kt = 0u; kt < STEPS; kt++) {
-          let buf = kt % 2u;
-          let more = kt + 1u < STEPS;
+        for (var kt = kt0; kt < kt1; kt++) {
+          let buf = (kt - kt0) % 2u;
+          let more = kt + 1u < kt1;
           if (more) {
             ${loadRegs('(kt + 1u)')}
           }
@@ -273,7 +293,34 @@ export function runMatMul(be: WebGpuBackendLike, a: TensorInfo, b: TensorInfo, t
   if (!s) return undefined;
   const t = matMulTiles(s, be.device.limits.maxComputeWorkgroupStorageSize, force);
   const out = run(be, program(s, t), [a, b]);
-  return { ...out, shape: s.outShape };
+  const steps = Math.ceil(s.K / t.BK);
+  const split = Math.ceil(steps / Math.ceil(steps / t.split));
+  if (split === 1) return { ...out, shape: s.outShape };
+  const sum = run(be, sumSlicesProgram(split, s.batch * s.M * s.N), [out]); // [batch * M * N]
+  be.disposeData(out.dataId);
+  return { ...sum, shape: s.outShape };
+}
+
+/** The sum of `split` partial products of `size` elements each, vec4 wide where size allows. */
+function sumSlicesProgram(split: number, size: number): KernelProgram {
+  const vec = size % 4 === 0;
+  const n = vec ? size / 4 : size;
+  return new KernelProgram({
+    key: `tsf_matmul_sum_${split}_${size}`,
+    outputShape: [size],
+    inputs: ['P'],
+    components: [vec ? 4 : 1],
+    threads: THREADS,
+    numGroups: Math.ceil(n / THREADS),
+    body: `
+      fn kernel() {
+        let i = wgIndex() * ${THREADS}u + localIndex;
+        if (i >= ${n}u) { return; }
+        var acc = P[i];
+        for (var sp = 1u; sp < ${split}u; sp++) { acc += P[sp * ${n}u + i]; }
+        ${vec ? 'result[4u * i] = acc.x; result[4u * i + 1u] = acc.y; result[4u * i + 2u] = acc.z; result[4u * i + 3u] = acc.w;' : 'result[i] = acc;'}
+      }`,
+  });
 }
 
 let original: KernelConfig | undefined;
