@@ -14,7 +14,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { FLASH_ATTENTION, flashAttention, kernelActive, registerWebGpuKernels, type FlashAttentionOptions } from '@tsformer/kernels-webgpu';
-import { setFlashAttentionImpl, type FlashAttentionImpl } from '../../packages/kernels-webgpu/src/attention.js';
+import { setFlashAttentionImpl, type FlashAttentionImpl } from '@tsformer/kernels-webgpu';
 import { geometricSlopes, relRms } from '../../packages/kernels-webgpu/src/checks.js';
 
 const args = process.argv.slice(2);
@@ -26,7 +26,7 @@ const Ts = arg('T', '512,1024,2048,4096').split(',').map(Number);
 const B = Number(arg('B', '8'));
 const H = Number(arg('H', '12'));
 const D = Number(arg('D', '64'));
-const impls = arg('impl', 'v1,v2').split(',') as FlashAttentionImpl[];
+const impls = arg('impl', 'v1,v2,mixed').split(',') as FlashAttentionImpl[];
 /** Seconds of timed repetitions per measurement (after a warm-up and a probe). */
 const budgetMs = Number(arg('budget', '2')) * 1000;
 /** Sequence length of the v2-against-v1 agreement lines. */
@@ -185,7 +185,7 @@ async function main(): Promise<void> {
     console.log(`  GQA (Hkv=${Hkv}), window 300, ALiBi: ${await agreement(checkT, Hkv, { window: 300, alibiSlopes: geometricSlopes(H) })}`);
     console.log(`  sigmoid (bias -log T), window 512: ${await agreement(checkT, H, { score: 'sigmoid', sigmoidBias: -Math.log(checkT), window: 512 })}`);
   }
-  setFlashAttentionImpl('v2');
+  setFlashAttentionImpl('mixed');
 }
 
 await main();

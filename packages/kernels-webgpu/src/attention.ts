@@ -417,13 +417,18 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
 }
 
 /**
- * Which kernels run: `v1` (one thread per query or key row; every head dim) or `v2`
+ * Which kernels run: `v1` (one thread per query or key row; every head dim), `v2`
  * (attention-v2.ts: register-blocked micro-tiles, FlashAttention-2 backward; head dims that are
- * multiples of 32 whose tiles fit the device's workgroup memory, else v1).
+ * multiples of 32 whose tiles fit the device's workgroup memory, else v1), or `mixed` (the
+ * default): v1's forward and dQ kernels with v2's dK/dV kernel. On the H100 (B=8, H=12, D=64,
+ * GPU ms per call, gpu-attn.ts) v2's dK/dV beat v1's at every T (T=1024: 4.98 against 7.54;
+ * T=4096: 81.6 against 104.0) while v1's forward (1.70 against 3.54) and dQ (2.56 against 4.33)
+ * beat v2's; the mixed set took 9.2 ms per forward+backward at T=1024 where v1 took 11.8 and v2 12.9.
+ * The kernels of both generations read and write the same layouts, so they combine freely.
  */
-export type FlashAttentionImpl = 'v1' | 'v2';
+export type FlashAttentionImpl = 'v1' | 'v2' | 'mixed';
 
-let impl: FlashAttentionImpl = 'v2';
+let impl: FlashAttentionImpl = 'mixed';
 
 /** Selects the kernels of later calls (forward and backward alike); returns the previous choice. */
 export function setFlashAttentionImpl(next: FlashAttentionImpl): FlashAttentionImpl {
@@ -434,7 +439,7 @@ export function setFlashAttentionImpl(next: FlashAttentionImpl): FlashAttentionI
 
 /** The kernel generation a call with head dim D runs on a device with `limit` bytes of workgroup memory. */
 export function flashAttentionImplFor(D: number, limit: number): FlashAttentionImpl {
-  return impl === 'v2' && v2Rows(D, limit) !== undefined ? 'v2' : 'v1';
+  return impl !== 'v1' && v2Rows(D, limit) !== undefined ? impl : 'v1';
 }
 
 function limits(backend: WebGpuBackendLike): [number, number] {
@@ -452,7 +457,7 @@ export function registerFlashAttention(): void {
         const { q, k, v, slopes } = inputs as Record<string, TensorInfo>;
         const d = dimsOf(q!, k!);
         const r = attrsOf(attrs!);
-        const R = impl === 'v2' ? v2Rows(d.D, limits(be)[0]) : undefined;
+        const R = impl === 'v2' ? v2Rows(d.D, limits(be)[0]) : undefined; // mixed: v1's forward
         const program = R ? forwardProgramV2(d, r, R) : forwardProgram(d, r, ...limits(be));
         const packed = run(be, program, [q!, k!, v!, slopes!]);
         const o = slicePacked(be, packed, 0, [d.B, d.T, d.H, d.D]);
@@ -472,8 +477,9 @@ export function registerFlashAttention(): void {
         // delta is unused by the sigmoid variant; lse stands in for it (same shape).
         const delta = r.sigmoid ? lse! : run(be, deltaProgram(d, r), [o!, dy!]);
         const ins = [q!, k!, v!, slopes!, dy!, lse!, delta];
-        const R = impl === 'v2' ? v2Rows(d.D, limits(be)[0]) : undefined;
-        const dq = run(be, R ? dqProgramV2(d, r, R) : dqProgram(d, r, ...limits(be)), ins);
+        const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0]) : undefined;
+        // mixed: v1's dQ, v2's dK/dV
+        const dq = run(be, R && impl === 'v2' ? dqProgramV2(d, r, R) : dqProgram(d, r, ...limits(be)), ins);
         const packed = run(be, R ? dkvProgramV2(d, r, R) : dkvProgram(d, r, ...limits(be)), ins);
         if (!r.sigmoid) be.disposeData(delta.dataId);
         const kvShape = [d.B, d.T, d.HKV, d.D];

@@ -1,5 +1,5 @@
 import { fused, tf } from '@tsformer/core';
-import { FLASH_ATTENTION, flashAttention, flashAttentionComposite, type FlashAttentionOptions } from './attention.js';
+import { FLASH_ATTENTION, flashAttention, flashAttentionComposite, setFlashAttentionImpl, type FlashAttentionOptions } from './attention.js';
 import { kernelActive } from './program.js';
 import { RMS_NORM, rmsNorm, rmsNormComposite } from './rmsnorm.js';
 import { ROPE, rope, ropeComposite, type RopeLayout } from './rope.js';
@@ -644,6 +644,18 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   let n = 0;
   const k = opts.scale ?? 1;
   for (const c of attentionCases(k)) push(await checkAttention(c, seed + 10 * n++));
+  // the default (mixed) set runs v1's forward and dQ with v2's dK/dV; every generation is checked
+  for (const gen of ['v1', 'v2'] as const) {
+    const prev = setFlashAttentionImpl(gen);
+    try {
+      for (const c of attentionCases(k).slice(0, 2)) {
+        const r = await checkAttention(c, seed + 10 * n++);
+        push({ ...r, name: `${r.name} (${gen})` });
+      }
+    } finally {
+      setFlashAttentionImpl(prev);
+    }
+  }
   push(await checkRmsNorm(26 * k, 40, false, seed + 10 * n++));
   push(await checkRmsNorm(26 * k, 300, true, seed + 10 * n++));
   push(await checkLayerNorm(26 * k, 300, true, seed + 10 * n++));
