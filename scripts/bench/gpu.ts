@@ -4,7 +4,7 @@
  *   npm run bench:gpu:kit        (the kit, then this entry and gpu-check bundled; docs/benchmarks.md has the device commands)
  *   device: python3 scripts/bench/attention_torch.py > $OUT/torch.jsonl; bash .gpu/run.sh gpu.mjs --torch $OUT/torch.jsonl
  *   flags: --matmul 1024,2048,4096|none  --calibrate N|none  --no-attention  --no-linear  --gpt2 BxT[,BxT]|none
- *          --vocab V[,V]  --peer-dir DIR  --linear-torch FILE
+ *          --vocab V[,V] (default 50257,256)  --peer-dir DIR  --linear-torch FILE  --no-kernels
  *
  * Prints, for causal attention at B, H, D fixed and each T: our fused WGSL kernel, the tfjs composite
  * path (dense scores), and PyTorch (naive fp32, SDPA fp32, from the JSON lines of attention_torch.py),
@@ -337,7 +337,7 @@ async function trainSteps(shape: TrainShape, steps: number): Promise<{ ms: numbe
  * peer (its JSON lines per BxT in --peer-dir, vocabulary 256).
  */
 async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> {
-  const vocabs = arg('vocab', String(vocab)).split(',').map(Number);
+  const vocabs = arg('vocab', args.includes('--model') ? String(vocab) : '50257,256').split(',').map(Number);
   const shapes: TrainShape[] = [];
   for (const bt of gpt2.split(',')) {
     const [b, T] = bt.split('x').map(Number) as [number, number];
@@ -380,7 +380,8 @@ function peerTokensPerSec(b: number, T: number): number | undefined {
 
 async function main(): Promise<void> {
   const info = await selectBackend(backendName, { webgpuModule });
-  registerWebGpuKernels();
+  // --no-kernels: tfjs's own ops only (the composite path; host uploads still through writeBuffer)
+  if (!args.includes('--no-kernels')) registerWebGpuKernels();
   console.log(`backend: ${info.name} (${info.detail}); fused attention kernel active: ${kernelActive(FLASH_ATTENTION)}`);
   const torch = torchFile && existsSync(torchFile) ? readFileSync(torchFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
   const tinfo = torch.find((r) => r.kind === 'info');
