@@ -15,6 +15,7 @@ import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { FLASH_ATTENTION, flashAttention, kernelActive, registerWebGpuKernels, type FlashAttentionOptions } from '@tsformer/kernels-webgpu';
 import { setFlashAttentionImpl, type FlashAttentionImpl } from '@tsformer/kernels-webgpu';
+import { profileGpu, releasePool, timer } from './gpu-common.js';
 import { geometricSlopes, relRms } from '../../packages/kernels-webgpu/src/checks.js';
 
 const args = process.argv.slice(2);
@@ -34,63 +35,10 @@ const checkT = Number(arg('check', '1024'));
 
 const now = () => performance.now();
 
-/**
- * Waits until the GPU has produced every tensor of r: a sum of each (a GPU kernel over the whole
- * tensor, enqueued after the work that made it) read back. A read of a tiny host-side op would not
- * wait: tfjs-webgpu runs ops on few, CPU-resident values on the CPU.
- */
-async function sync(r: tf.Tensor | tf.Tensor[]): Promise<void> {
-  const ts = Array.isArray(r) ? r : [r];
-  const s = tf.tidy(() => ts.map((t) => t.sum()).reduce((a, b) => a.add(b)));
-  await s.data();
-  s.dispose();
-}
-
-/** Mean wall ms per call: a warm-up (compiles), a probe, then as many calls as fit the budget (2..50), one sync at the end. */
-async function time(fn: () => tf.Tensor | tf.Tensor[]): Promise<number> {
-  let r = fn();
-  await sync(r);
-  tf.dispose(r);
-  const t0 = now();
-  r = fn();
-  await sync(r);
-  tf.dispose(r);
-  const one = now() - t0;
-  const reps = Math.max(2, Math.min(50, Math.floor(budgetMs / Math.max(one, 1e-3))));
-  const t1 = now();
-  for (let i = 0; i < reps; i++) {
-    r = fn();
-    if (i === reps - 1) await sync(r);
-    tf.dispose(r);
-  }
-  return (now() - t1) / reps;
-}
-
-/** GPU ms of one call from timestamp queries: the total and per program name. */
-async function profile(fn: () => tf.TensorContainer): Promise<{ kernelMs: number; by: Map<string, number> }> {
-  const r = await tf.time(() => tf.dispose(fn()));
-  const by = new Map<string, number>();
-  const info = (r as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
-  for (const part of info.split(', ')) {
-    const m = /^(.*): ([\d.eE+-]+)$/.exec(part);
-    if (m) by.set(m[1]!, (by.get(m[1]!) ?? 0) + Number(m[2]));
-  }
-  return { kernelMs: r.kernelMs as number, by };
-}
-
-/** Frees tfjs-webgpu's pool of released buffers (kept per exact size) between shapes. */
-function releasePool(): void {
-  const bm = (tf.backend() as unknown as { bufferManager?: { freeBuffers: Map<string, Array<{ destroy(): void; size: number }>>; numBytesAllocated: number; numFreeBuffers: number } }).bufferManager;
-  if (!bm) return;
-  for (const list of bm.freeBuffers.values()) {
-    for (const b of list) {
-      bm.numBytesAllocated -= b.size;
-      b.destroy();
-    }
-    list.length = 0;
-  }
-  bm.numFreeBuffers = 0;
-}
+const timeOnce = timer(budgetMs, 2, 50);
+/** Mean wall ms per call: a warm-up, a probe, then as many calls as fit the budget (2..50), one sync at the end. */
+const time = async (fn: () => tf.Tensor | tf.Tensor[]): Promise<number> => (await timeOnce(fn)).ms;
+const profile = profileGpu;
 
 const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? '-' : x >= 100 ? x.toFixed(0) : x.toFixed(2));
 

@@ -14,7 +14,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { Rng, selectBackend, tf } from '@tsformer/core';
 import { originalMatMul, registerWebGpuKernels, runMatMul, type TileChoice } from '@tsformer/kernels-webgpu';
-import { DecoderLM } from '@tsformer/model';
+import { gpt2Model, profileGpu, topPrograms } from './gpu-common.js';
 import { AdamW, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 
 const args = process.argv.slice(2);
@@ -136,20 +136,7 @@ await perCall('add [8*512*768]', 500, () => void tf.add(big, big));
 tf.dispose([x, y, big]);
 
 const rng = Rng.seeded(1);
-const model = new DecoderLM(
-  {
-    vocabSize: vocab,
-    dModel,
-    nLayers: L,
-    maxSeqLen: T,
-    attention: { type: 'mha', numHeads: heads },
-    positional: { type: 'rope', theta: 10000 },
-    norm: { type: 'layernorm' },
-    mlp: { type: 'gelu' },
-    tieEmbeddings: true,
-  },
-  { rng },
-);
+const model = gpt2Model({ vocab, dModel, layers: L, heads, T: T, rng });
 const opt = new AdamW(model.namedParameters(), { type: 'adamw', lr: 1e-4, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.1 });
 const n = b * T;
 const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(vocab)), targets: new Int32Array(n).map(() => rng.int(vocab)), batchSize: b, seqLen: T };
@@ -213,18 +200,11 @@ console.log(
   const ids = tf.tensor(batch.inputs, [b, T], 'int32');
   const targets = tf.tensor(batch.targets, [b, T], 'int32');
   const vars = model.namedParameters().map(([, p]) => p.variable);
-  const r = await tf.time(() => {
+  const p = await profileGpu(() => {
     const { value, grads } = tf.variableGrads(() => sparseCrossEntropy(model.forward(ids).logits, targets), vars);
-    tf.dispose([value, ...Object.values(grads)]);
+    return [value, ...Object.values(grads)];
   });
-  const by = new Map<string, number>();
-  const extra = (r as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
-  for (const part of extra.split(', ')) {
-    const m = /^(.*): ([\d.eE+-]+)$/.exec(part);
-    if (m) by.set(m[1]!, (by.get(m[1]!) ?? 0) + Number(m[2]));
-  }
-  const top = [...by].sort((p, q) => q[1] - p[1]).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
-  console.log(`forward+backward GPU time ${(r.kernelMs as number).toFixed(0)} ms: ${top}`);
+  console.log(`forward+backward GPU time ${p.kernelMs.toFixed(0)} ms: ${topPrograms(p.by, 40)}`);
   tf.dispose([ids, targets]);
 }
 model.dispose();

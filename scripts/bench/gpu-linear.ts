@@ -19,6 +19,7 @@ import { GLA, GLA_GRAD, checkCumsum, checkGla, glaCases, kernelActive, registerW
 import { glaChunk, glaChunkComposite } from '@tsformer/ops';
 import { DELTA_RECUR, checkDelta, deltaCases, deltaKernelSupported } from '@tsformer/kernels-webgpu';
 import { deltaChunk, deltaChunkComposite, gatedDeltaChunk, gatedDeltaChunkComposite } from '@tsformer/ops';
+import { profileGpu, timer, topPrograms } from './gpu-common.js';
 
 export interface LinearTableOptions {
   /** Sequence lengths, one row per length and op. */
@@ -183,35 +184,6 @@ export async function linearTable(opts: LinearTableOptions): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Standalone run (the bundled .gpu/gpu-linear.mjs)
 
-async function sync(r: tf.Tensor | tf.Tensor[]): Promise<void> {
-  const ts = Array.isArray(r) ? r : [r];
-  const s = tf.tidy(() => ts.map((t) => t.sum()).reduce((a, b) => a.add(b)));
-  await s.data();
-  s.dispose();
-}
-
-/** Mean ms per call: a warm-up (compiles), a probe, then as many calls as fit the budget (<= 20). */
-function timer(budgetMs: number): LinearTableOptions['time'] {
-  return async (fn) => {
-    let r = fn();
-    await sync(r);
-    tf.dispose(r);
-    const t0 = performance.now();
-    r = fn();
-    await sync(r);
-    tf.dispose(r);
-    const one = performance.now() - t0;
-    const reps = Math.max(1, Math.min(20, Math.floor(budgetMs / Math.max(one, 1e-3))));
-    const t1 = performance.now();
-    for (let i = 0; i < reps; i++) {
-      r = fn();
-      if (i === reps - 1) await sync(r);
-      tf.dispose(r);
-    }
-    return { ms: (performance.now() - t1) / reps };
-  };
-}
-
 /** GPU ms per program (tfjs's kernel profile) of one GLA forward+backward through the kernels. */
 async function profileGla(T: number, B: number, H: number, D: number): Promise<void> {
   const [q, k, v, dOut] = [0, 1, 2, 3].map(() => tf.randomNormal([B, T, H, D]));
@@ -225,15 +197,9 @@ async function profileGla(T: number, B: number, H: number, D: number): Promise<v
   const bw = await timeIt(() => tf.engine().runKernel(GLA_GRAD, { q: q!, k: k!, v: v!, g, s0: q!, dy: dOut!, dfinal: q! }, attrs) as tf.Tensor[]);
   const all = await timeIt(step);
   console.log(`GLA at T=${T}: forward kernels ${fw.ms.toFixed(2)} ms, backward kernels ${bw.ms.toFixed(2)} ms, forward+backward through tf.grads ${all.ms.toFixed(2)} ms`);
-  const r = await tf.time(() => tf.dispose(step()));
-  const by = new Map<string, number>();
-  const info = (r as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
-  for (const part of info.split(', ')) {
-    const m = /^(.*): ([\d.eE+-]+)$/.exec(part);
-    if (m) by.set(m[1]!, (by.get(m[1]!) ?? 0) + Number(m[2]));
-  }
-  const top = [...by.entries()].sort((a, b) => b[1] - a[1]).map(([n, ms]) => `${n} ${ms.toFixed(2)}`).join(', ');
-  console.log(`profile, GLA forward+backward at B=${B} T=${T} H=${H} D=${D}: GPU ${(r.kernelMs as number).toFixed(2)} ms, wall ${r.wallMs.toFixed(2)} ms; ${top}`);
+  const r = await profileGpu(step);
+  const top = topPrograms(r.by, 40, 2);
+  console.log(`profile, GLA forward+backward at B=${B} T=${T} H=${H} D=${D}: GPU ${r.kernelMs.toFixed(2)} ms, wall ${r.wallMs.toFixed(2)} ms; ${top}`);
   tf.dispose([q!, k!, v!, g, dOut!]);
 }
 

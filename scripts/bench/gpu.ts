@@ -31,9 +31,9 @@ import {
   flashAttention,
   flashAttentionComposite,
 } from '@tsformer/kernels-webgpu';
-import { DecoderLM } from '@tsformer/model';
 import { AdamW, trainStep, type Batch } from '@tsformer/train';
 import { linearTable } from './gpu-linear.js';
+import { gpt2Model, profileGpu, releasePool, sync, timer, topPrograms } from './gpu-common.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, dflt: string) => {
@@ -59,66 +59,18 @@ const matmulSizes = arg('matmul', '1024,2048,4096');
 
 const now = () => performance.now();
 
-async function sync(r: tf.Tensor | tf.Tensor[]): Promise<void> {
-  const ts = Array.isArray(r) ? r : [r];
-  const s = tf.tidy(() => ts.map((t) => t.sum()).reduce((a, b) => a.add(b)));
-  await s.data();
-  s.dispose();
-}
-
-/** Mean ms per call: a warm-up (compiles), a probe, then as many calls as fit the budget (<= 20). */
+const timeOnce = timer(budgetMs);
+/** Mean ms per call (gpu-common's timer) and the tfjs pool's size after it. */
 async function time(fn: () => tf.Tensor | tf.Tensor[]): Promise<{ ms: number; peakGiB: number }> {
-  let r = fn();
-  await sync(r);
-  tf.dispose(r);
-  const t0 = now();
-  r = fn();
-  await sync(r);
-  tf.dispose(r);
-  const one = now() - t0;
-  const reps = Math.max(1, Math.min(20, Math.floor(budgetMs / Math.max(one, 1e-3))));
-  const t1 = now();
-  for (let i = 0; i < reps; i++) {
-    r = fn();
-    if (i === reps - 1) await sync(r);
-    tf.dispose(r);
-  }
+  const { ms } = await timeOnce(fn);
   const mem = tf.memory() as { numBytesAllocatedInGPU?: number };
-  return { ms: (now() - t1) / reps, peakGiB: (mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30 };
-}
-
-/**
- * Frees tfjs-webgpu's pool of released buffers. The pool keeps every released buffer for reuse by
- * exact size, so a sweep over shapes would hold the largest of each size ever seen.
- */
-function releasePool(): void {
-  const bm = (tf.backend() as unknown as { bufferManager?: { freeBuffers: Map<string, Array<{ destroy(): void; size: number }>>; numBytesAllocated: number; numFreeBuffers: number } }).bufferManager;
-  if (!bm) return;
-  for (const list of bm.freeBuffers.values()) {
-    for (const b of list) {
-      bm.numBytesAllocated -= b.size;
-      b.destroy();
-    }
-    list.length = 0;
-  }
-  bm.numFreeBuffers = 0;
+  return { ms, peakGiB: (mem.numBytesAllocatedInGPU ?? NaN) / 2 ** 30 };
 }
 
 /** GPU time of one call (timestamp queries), total and the top programs by time. */
 async function profile(f: () => tf.TensorContainer): Promise<{ kernelMs: number; top: string }> {
-  const r = await tf.time(() => tf.dispose(f()));
-  const by = new Map<string, number>();
-  const info = (r as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
-  for (const part of info.split(', ')) {
-    const m = /^(.*): ([\d.eE+-]+)$/.exec(part);
-    if (m) by.set(m[1]!, (by.get(m[1]!) ?? 0) + Number(m[2]));
-  }
-  const top = [...by.entries()]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 8)
-    .map(([n, ms]) => `${n} ${ms.toFixed(1)}`)
-    .join(', ');
-  return { kernelMs: r.kernelMs as number, top };
+  const p = await profileGpu(f);
+  return { kernelMs: p.kernelMs, top: topPrograms(p.by) };
 }
 
 interface Row {
@@ -296,20 +248,7 @@ interface TrainShape {
 async function trainSteps(shape: TrainShape, steps: number): Promise<{ ms: number; loss: number; peakGiB: number }> {
   const { b, T, V } = shape;
   const rng = Rng.seeded(1);
-  const model = new DecoderLM(
-    {
-      vocabSize: V,
-      dModel,
-      nLayers: L,
-      maxSeqLen: T,
-      attention: { type: 'mha', numHeads: heads },
-      positional: { type: 'rope', theta: 10000 },
-      norm: { type: 'layernorm' },
-      mlp: { type: 'gelu' },
-      tieEmbeddings: true,
-    },
-    { rng },
-  );
+  const model = gpt2Model({ vocab: V, dModel, layers: L, heads, T, rng });
   const opt = new AdamW(model.namedParameters(), { type: 'adamw', lr: 1e-4, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.1 });
   const n = b * T;
   const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(V)), targets: new Int32Array(n).map(() => rng.int(V)), batchSize: b, seqLen: T };

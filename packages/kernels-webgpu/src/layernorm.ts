@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, f32, kernelActive, run, runMultiOutput, workgroupSumWgsl, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused LayerNorm over the last axis (GPT-2's norm):
@@ -44,18 +44,7 @@ const THREADS = 128;
  */
 function rowStats(eps: number): string {
   return `
-    var<workgroup> red: array<f32, ${THREADS}>;
-    fn wgSum(v: f32, tid: u32) -> f32 {
-      red[tid] = v;
-      workgroupBarrier();
-      for (var s = ${THREADS / 2}u; s > 0u; s >>= 1u) {
-        if (tid < s) { red[tid] += red[tid + s]; }
-        workgroupBarrier();
-      }
-      let total = red[0];
-      workgroupBarrier();
-      return total;
-    }
+    ${workgroupSumWgsl(THREADS)}
     // [mean, rstd] of row n
     fn stats(n: u32, tid: u32) -> vec2<f32> {
       var s = 0.0;

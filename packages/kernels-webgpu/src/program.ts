@@ -102,6 +102,27 @@ export function slicePacked(backend: WebGpuBackendLike, src: TensorInfo, offset:
   return run(backend, program, [src]);
 }
 
+/**
+ * WGSL: workgroup memory `red` and `fn wgSum(v: f32, tid: u32) -> f32`, the sum of `v` over a
+ * workgroup of `threads` threads (a power of two; `tid` the local index), returned to every thread.
+ * Call it from uniform control flow (it has barriers).
+ */
+export function workgroupSumWgsl(threads: number): string {
+  return `
+    var<workgroup> red: array<f32, ${threads}>;
+    fn wgSum(v: f32, tid: u32) -> f32 {
+      red[tid] = v;
+      workgroupBarrier();
+      for (var s = ${threads / 2}u; s > 0u; s >>= 1u) {
+        if (tid < s) { red[tid] += red[tid + s]; }
+        workgroupBarrier();
+      }
+      let total = red[0];
+      workgroupBarrier();
+      return total;
+    }`;
+}
+
 /** WGSL float literal (always with a decimal point or exponent). */
 export function f32(x: number): string {
   if (!Number.isFinite(x)) throw new Error(`non-finite WGSL constant ${x}`);

@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, f32, kernelActive, run, runMultiOutput, workgroupSumWgsl, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused RMSNorm over the last axis, optionally gated (the output norm of GLA / DeltaNet layers):
@@ -38,26 +38,15 @@ export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps = 1e-5, gate?: tf.T
 const THREADS = 128;
 
 /** Sum of `v` over the workgroup (THREADS threads), the same value returned to every thread. */
-const reduceSnippet = `
-  var<workgroup> red: array<f32, ${THREADS}>;
-  fn wgSum(v: f32) -> f32 {
-    red[localIndex] = v;
-    workgroupBarrier();
-    for (var s = ${THREADS / 2}u; s > 0u; s >>= 1u) {
-      if (localIndex < s) { red[localIndex] += red[localIndex + s]; }
-      workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-  }
+const siluSnippet = `
   fn silu(g: f32) -> f32 { return g / (1.0 + exp(-g)); }
 `;
 
 function header(N: number, D: number, eps: number, gated: boolean): string {
   return `const N = ${N}u; const D = ${D}u; const EPS = ${f32(eps)}; const GATED = ${gated};
     var<workgroup> rowShared: u32;
-    ${reduceSnippet}
+    ${workgroupSumWgsl(THREADS)}
+    ${siluSnippet}
     fn row() -> u32 {
       if (localIndex == 0u) { rowShared = wgIndex(); }
       return workgroupUniformLoad(&rowShared);
@@ -78,7 +67,7 @@ function forwardProgram(N: number, D: number, eps: number, gated: boolean): Kern
         if (n >= N) { return; }
         var ss = 0.0;
         for (var d = localIndex; d < D; d += ${THREADS}u) { let x = X[n * D + d]; ss += x * x; }
-        let r = inverseSqrt(wgSum(ss) / f32(D) + EPS);
+        let r = inverseSqrt(wgSum(ss, localIndex) / f32(D) + EPS);
         for (var d = localIndex; d < D; d += ${THREADS}u) {
           var y = X[n * D + d] * r * W[d];
           ${gated ? 'y *= silu(GATE[n * D + d]);' : ''}
@@ -102,19 +91,8 @@ function dxProgram(N: number, D: number, eps: number, gated: boolean): MultiOutp
     numGroups: N,
     body: `
       const N = ${N}u; const D = ${D}u; const EPS = ${f32(eps)};
-      var<workgroup> red: array<f32, ${THREADS}>;
-      fn wgSum(v: f32, tid: u32) -> f32 {
-        red[tid] = v;
-        workgroupBarrier();
-        for (var s = ${THREADS / 2}u; s > 0u; s >>= 1u) {
-          if (tid < s) { red[tid] += red[tid + s]; }
-          workgroupBarrier();
-        }
-        let total = red[0];
-        workgroupBarrier();
-        return total;
-      }
-      fn silu(g: f32) -> f32 { return g / (1.0 + exp(-g)); }
+      ${workgroupSumWgsl(THREADS)}
+      ${siluSnippet}
       fn kernel(n: u32, tid: u32) {
         var ss = 0.0;
         for (var d = tid; d < D; d += ${THREADS}u) { let x = X[n * D + d]; ss += x * x; }
