@@ -80,9 +80,13 @@ export class AdamW {
    */
   applyGuarded(grads: ReadonlyMap<string, tf.Tensor>, lr: number, guard: { normAndLoss: tf.Tensor; maxNorm: number }): boolean {
     this.step++;
-    if (this.#fused(grads, lr, guard)) return true;
-    this.step--;
-    return false;
+    let done = false;
+    try {
+      done = this.#fused(grads, lr, guard);
+    } finally {
+      if (!done) this.step--;
+    }
+    return done;
   }
 
   /** The fused update at `this.step` where a fused AdamW is registered; false (nothing changed) otherwise. */
