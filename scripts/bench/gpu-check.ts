@@ -8,7 +8,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend } from '@tsformer/core';
 import { checkAttention, registerWebGpuKernels, runChecks } from '@tsformer/kernels-webgpu';
-import { MODEL_STEP_KERNELS, modelStepCheck } from '../../packages/kernels-webgpu/src/testing/model-step.js';
+import { GPT2_STEP_KERNELS, MODEL_STEP_KERNELS, modelStepCheck, nonFiniteStepCheck } from '../../packages/kernels-webgpu/src/testing/model-step.js';
 
 const i = process.argv.indexOf('--scale');
 const scale = i >= 0 ? Number(process.argv[i + 1]) : 8;
@@ -20,12 +20,28 @@ const results = await runChecks({ scale, seed });
 // the benchmark's shapes: B=8, H=12, D=64 at T=1024; and GQA with a window at T=2048
 results.push(await checkAttention({ B: 8, T: 1024, H: 12, Hkv: 12, D: 64, opts: {} }, seed + 1000));
 results.push(await checkAttention({ B: 2, T: 2048, H: 12, Hkv: 4, D: 64, opts: { window: 512 } }, seed + 2000));
-// a tiny DecoderLM step through the model's layers (fused registry) against the same step on cpu
-const step = await modelStepCheck(seed + 3000, webgpuModule);
+// tiny DecoderLM steps through the model's layers (fused registry) against the same steps on cpu:
+// Llama-like (RMSNorm, SwiGLU, GQA, window, ALiBi) and GPT-2-like (LayerNorm, GELU, RoPE, tied)
+for (const [variant, kernels] of [
+  ['llama', MODEL_STEP_KERNELS],
+  ['gpt2', GPT2_STEP_KERNELS],
+] as const) {
+  const step = await modelStepCheck(seed + 3000, webgpuModule, variant);
+  registerWebGpuKernels(); // modelStepCheck leaves cpu active
+  await selectBackend('webgpu', { webgpuModule });
+  results.push({
+    name: `DecoderLM ${variant} step vs cpu (kernels ran: ${kernels.filter((k) => step.kernelCalls[k]! > 0).length}/${kernels.length})`,
+    fused: kernels.every((k) => step.kernelCalls[k]! > 0) && step.leaked === 0,
+    errors: { loss: step.lossError, lossAfterStep: step.stepLossError, ...step.gradErrors },
+    ms: 0,
+  });
+}
+// a NaN loss: the guarded fused AdamW leaves every weight unchanged, and trainStep throws
+const nf = await nonFiniteStepCheck(webgpuModule);
 results.push({
-  name: `DecoderLM step vs cpu (kernels ran: ${MODEL_STEP_KERNELS.filter((k) => step.kernelCalls[k]! > 0).length}/${MODEL_STEP_KERNELS.length})`,
-  fused: MODEL_STEP_KERNELS.every((k) => step.kernelCalls[k]! > 0) && step.leaked === 0,
-  errors: { loss: step.lossError, lossAfterStep: step.stepLossError, ...step.gradErrors },
+  name: 'NaN-loss step: weights unchanged, NonFiniteError, step taken back',
+  fused: nf.fusedAdamW,
+  errors: { unchanged: nf.unchanged ? 0 : 1, threw: /loss is NaN/.test(nf.error) ? 0 : 1, optimizerStep: nf.optimizerStep },
   ms: 0,
 });
 let fails = 0;
