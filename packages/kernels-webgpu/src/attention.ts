@@ -1,6 +1,6 @@
 import type { TensorInfo, NamedAttrMap } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, kernelActive, run, runPacked, type WebGpuBackendLike } from './program.js';
 import { attrsOf, constants, dimsOf, dsSnippet, keyOf, type Dims, type Resolved } from './attention-common.js';
 import { dkvProgramV2, dqProgramV2, forwardProgramV2, v2Rows } from './attention-v2.js';
 
@@ -459,11 +459,11 @@ export function registerFlashAttention(): void {
         const r = attrsOf(attrs!);
         const R = impl === 'v2' ? v2Rows(d.D, limits(be)[0]) : undefined; // mixed: v1's forward
         const program = R ? forwardProgramV2(d, r, R) : forwardProgram(d, r, ...limits(be));
-        const packed = run(be, program, [q!, k!, v!, slopes!]);
-        const o = slicePacked(be, packed, 0, [d.B, d.T, d.H, d.D]);
-        const lse = slicePacked(be, packed, d.B * d.T * d.H * d.D, [d.B, d.H, d.T]);
-        be.disposeData(packed.dataId);
-        return [o, lse];
+        // o [B, T, H, D] and the row log-sum-exp [B, H, T], one dispatch
+        return runPacked(be, program, [q!, k!, v!, slopes!], [
+          [d.B, d.T, d.H, d.D],
+          [d.B, d.H, d.T],
+        ]);
       },
     });
     tf.registerKernel({
@@ -480,13 +480,11 @@ export function registerFlashAttention(): void {
         const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0]) : undefined;
         // mixed: v1's dQ, v2's dK/dV
         const dq = run(be, R && impl === 'v2' ? dqProgramV2(d, r, R) : dqProgram(d, r, ...limits(be)), ins);
-        const packed = run(be, R ? dkvProgramV2(d, r, R) : dkvProgram(d, r, ...limits(be)), ins);
-        if (!r.sigmoid) be.disposeData(delta.dataId);
         const kvShape = [d.B, d.T, d.HKV, d.D];
-        const dk = slicePacked(be, packed, 0, kvShape);
-        const dv = slicePacked(be, packed, d.B * d.T * d.HKV * d.D, kvShape);
-        be.disposeData(packed.dataId);
-        return [dq, dk, dv];
+        // dk and dv [B, T, Hkv, D], one dispatch
+        const [dk, dv] = runPacked(be, R ? dkvProgramV2(d, r, R) : dkvProgram(d, r, ...limits(be)), ins, [kvShape, kvShape]);
+        if (!r.sigmoid) be.disposeData(delta.dataId);
+        return [dq, dk!, dv!];
       },
     });
   }

@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, slicePacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, f32, kernelActive, run, runPacked, type WebGpuBackendLike } from './program.js';
 
 /**
  * Chunked gated linear attention (GLA) on webgpu, forward and backward, no T x T tensor. The
@@ -642,16 +642,12 @@ export function registerGla(): void {
         const states = scan(be, d, scale, false, k!, v!, b, attrs!.hasInit ? s0! : undefined);
         const dS = scan(be, d, scale, true, q!, dy!, b, attrs!.withFinal ? dfinal! : undefined);
         const dv = run(be, intraProgram(d, scale, true), [q!, k!, dy!, b, dS]);
-        const packed = run(be, dqkProgram(d, scale), [q!, k!, v!, b, dy!, states!, dS]);
+        const shape = [d.B, d.T, d.H, d.K];
+        // dq, dk and dg [B, T, H, K], one dispatch
+        const [dq, dk, dg] = runPacked(be, dqkProgram(d, scale), [q!, k!, v!, b, dy!, states!, dS], [shape, shape, shape]);
         be.disposeData(b.dataId);
         be.disposeData(states.dataId);
-        const n = d.B * d.T * d.H * d.K;
-        const shape = [d.B, d.T, d.H, d.K];
-        const dq = slicePacked(be, packed, 0, shape);
-        const dk = slicePacked(be, packed, n, shape);
-        const dg = slicePacked(be, packed, 2 * n, shape);
-        be.disposeData(packed.dataId);
-        const out = [dq, dk, dv, dg];
+        const out = [dq!, dk!, dv, dg!];
         if (attrs!.hasInit) out.push(run(be, takeStateProgram(d, 0), [dS]));
         be.disposeData(dS.dataId);
         return out;

@@ -65,6 +65,11 @@ export class KernelProgram {
     this.#body = a.body;
   }
 
+  /** The WGSL declarations and `fn kernel()` this program was made with. */
+  get body(): string {
+    return this.#body;
+  }
+
   getUserCode(): string {
     return `
       fn wgIndex() -> u32 {
@@ -81,25 +86,6 @@ export class KernelProgram {
 /** Runs a program on the webgpu backend and returns its float32 output. */
 export function run(backend: WebGpuBackendLike, program: KernelProgram, inputs: TensorInfo[], uniforms?: UniformData): TensorInfo {
   return backend.runWebGPUProgram(program, inputs, 'float32', uniforms);
-}
-
-/** Copies `size` floats from `src` starting at `offset` into a new tensor of `shape`. */
-export function slicePacked(backend: WebGpuBackendLike, src: TensorInfo, offset: number, shape: number[]): TensorInfo {
-  const size = shape.reduce((a, b) => a * b, 1);
-  const threads = 256;
-  const program = new KernelProgram({
-    key: `tsf_slice_${offset}_${size}`,
-    outputShape: shape,
-    inputs: ['X'],
-    threads,
-    numGroups: Math.ceil(size / threads),
-    body: `
-      fn kernel() {
-        let i = wgIndex() * ${threads}u + localIndex;
-        if (i < ${size}u) { result[i] = X[i + ${offset}u]; }
-      }`,
-  });
-  return run(backend, program, [src]);
 }
 
 /**
@@ -155,10 +141,16 @@ export interface MultiOutputProgram {
   inputs: string[];
   /** Output names and shapes (read-write `array<f32>` bindings). */
   outputs: Array<{ name: string; shape: number[] }>;
+  /** Components per input element (4: read as vec4<f32>); default 1 each. */
+  components?: number[];
   threads: number;
   numGroups: number;
-  /** WGSL declarations and `fn kernel(wg: u32, tid: u32)` (linear workgroup index, local index). */
+  /**
+   * WGSL declarations and `fn kernel(wg: u32, tid: u32)` (linear workgroup index, local index);
+   * with `legacy`, a KernelProgram body instead: `fn kernel()` reading `localIndex` and `wgIndex()`.
+   */
   body: string;
+  legacy?: boolean;
 }
 
 const pipelines = new WeakMap<object, Map<string, { getBindGroupLayout(i: number): unknown }>>();
@@ -184,12 +176,15 @@ export function runMultiOutput(backend: WebGpuBackendLike, p: MultiOutputProgram
     const [first, ...rest] = p.outputs;
     const decl = [
       `@group(0) @binding(0) var<storage, read_write> ${first!.name}: array<f32>;`,
-      ...p.inputs.map((n, i) => `@group(0) @binding(${1 + i}) var<storage, read> ${n}: array<f32>;`),
+      ...p.inputs.map((n, i) => `@group(0) @binding(${1 + i}) var<storage, read> ${n}: array<${p.components?.[i] === 4 ? 'vec4<f32>' : 'f32'}>;`),
       ...rest.map((o, j) => `@group(0) @binding(${1 + p.inputs.length + j}) var<storage, read_write> ${o.name}: array<f32>;`),
       `struct Uniforms { NAN: f32, }`,
       `@group(0) @binding(${p.inputs.length + p.outputs.length}) var<uniform> uniforms: Uniforms;`,
     ].join('\n');
+    // a KernelProgram body reads tfjs's `localIndex` and our `wgIndex()`: private copies set in main
+    const legacy = p.legacy ? 'var<private> localIndex: u32;\n      var<private> wgLinear: u32;\n      fn wgIndex() -> u32 { return wgLinear; }' : '';
     const code = `${decl}
+      ${legacy}
       ${p.body}
       @compute @workgroup_size(${p.threads}, 1, 1)
       fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -197,7 +192,7 @@ export function runMultiOutput(backend: WebGpuBackendLike, p: MultiOutputProgram
         _ = uniforms.NAN;
         let wg = (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
         if (wg >= ${p.numGroups}u) { return; }
-        kernel(wg, tid);
+        ${p.legacy ? 'localIndex = tid; wgLinear = wg; kernel();' : 'kernel(wg, tid);'}
       }`;
     const module = be.device.createShaderModule({ code, label: p.key });
     pipeline = be.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: p.key });
@@ -218,4 +213,40 @@ export function runMultiOutput(backend: WebGpuBackendLike, p: MultiOutputProgram
   const program = { pipeline, dispatch, pixelsOpType: undefined, size: false, constructor: { name } };
   be.recordAndSubmit(program, outs[0]!, [...inputs, ...outs.slice(1)]);
   return outs;
+}
+
+/**
+ * Runs a KernelProgram whose packed `result` holds several outputs back to back (`shapes`, in
+ * order) as one dispatch that writes each to its own tensor: every `result[i] = v;` of its body
+ * becomes a store into the output that holds element i. (The alternative, a packed output and a
+ * slicing copy per output, costs a dispatch and a copy per output.)
+ */
+export function runPacked(backend: WebGpuBackendLike, program: KernelProgram, inputs: TensorInfo[], shapes: number[][]): TensorInfo[] {
+  const sizes = shapes.map((sh) => sh.reduce((a, b) => a * b, 1));
+  const ends: number[] = [];
+  sizes.reduce((acc, n) => (ends.push(acc + n), acc + n), 0);
+  if (ends[ends.length - 1] !== program.outputShape.reduce((a, b) => a * b, 1)) {
+    throw new Error(`${program.shaderKey}: outputs of ${sizes} elements for a packed result of ${program.outputShape}`);
+  }
+  const store = `fn storeResult(i: u32, v: f32) {
+        ${ends.map((end, j) => `${j ? 'else ' : ''}if (i < ${end}u) { R${j}[i - ${j ? ends[j - 1] : 0}u] = v; }`).join(' ')}
+      }`;
+  // result[index] = value;  ->  storeResult(index, value);  (indices here hold no brackets)
+  const body = program.body.replace(/result\[([^\[\]]+)\]\s*=\s*([^;]+);/g, 'storeResult($1, $2);');
+  if (/\bresult\b/.test(body)) throw new Error(`${program.shaderKey}: a use of result that runPacked cannot rewrite`);
+  return runMultiOutput(
+    backend,
+    {
+      key: `${program.shaderKey}_packed_${sizes.join('_')}`,
+      inputs: program.variableNames,
+      components: program.variableComponents,
+      outputs: shapes.map((shape, j) => ({ name: `R${j}`, shape })),
+      threads: program.workgroupSize[0],
+      numGroups: program.dispatch[0],
+      body: `${store}
+${body}`,
+      legacy: true,
+    },
+    inputs,
+  );
 }
