@@ -193,7 +193,7 @@ async function profileGla(T: number, B: number, H: number, D: number): Promise<v
   // the kernels alone (no tape): forward, and the backward from the inputs and dO
   const attrs = { scale: 1 / Math.sqrt(D), hasInit: false, withFinal: false, chunk: 64 };
   const timeIt = timer(1000);
-  const fw = await timeIt(() => tf.engine().runKernel(GLA, { q: q!, k: k!, v: v!, g, s0: q! }, attrs) as tf.Tensor[]);
+  const fw = await timeIt(() => tf.engine().runKernel(GLA, { q: q!, k: k!, v: v!, g }, attrs) as tf.Tensor[]);
   const bw = await timeIt(() => tf.engine().runKernel(GLA_GRAD, { q: q!, k: k!, v: v!, g, s0: q!, dy: dOut!, dfinal: q! }, attrs) as tf.Tensor[]);
   const all = await timeIt(step);
   console.log(`GLA at T=${T}: forward kernels ${fw.ms.toFixed(2)} ms, backward kernels ${bw.ms.toFixed(2)} ms, forward+backward through tf.grads ${all.ms.toFixed(2)} ms`);

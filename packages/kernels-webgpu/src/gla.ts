@@ -38,6 +38,8 @@ import { KernelProgram, f32, kernelActive, run, runPacked, type WebGpuBackendLik
  * k_s exp(-b_s) by e^-d for s in the chunk, and the state entering the next chunk by e^d.)
  */
 export const GLA = 'TsfGla';
+/** The same forward from a given initial state (an `s0` input, differentiable). */
+export const GLA_INIT = 'TsfGlaInit';
 export const GLA_GRAD = 'TsfGlaGrad';
 
 /** Widest key and value heads the kernel takes. */
@@ -75,10 +77,11 @@ export function glaWebGpu(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, g: tf.Tensor
   return tf.tidy(() => {
     const withFinal = opts.outputFinalState ?? false;
     const attrs = { scale: opts.scale ?? 1 / Math.sqrt(K), hasInit: opts.initialState !== undefined, withFinal, chunk: opts.chunkSize ?? 64 };
-    const inputs = { q, k, v, g, s0: opts.initialState ?? q };
+    // no placeholder for a missing initial state (its zero gradient would be one more fill and add)
+    const inputs: Record<string, tf.Tensor> = opts.initialState ? { q, k, v, g, s0: opts.initialState } : { q, k, v, g };
     // [o] or [o, finalState]: no other output, since tfjs's tape fills the cotangent of every unused
     // output with zeros made on the host (a per-chunk states output cost ~10 ms per step that way)
-    const [o, finalState] = tf.engine().runKernel(GLA, inputs, attrs as unknown as NamedAttrMap) as tf.Tensor[];
+    const [o, finalState] = tf.engine().runKernel(opts.initialState ? GLA_INIT : GLA, inputs, attrs as unknown as NamedAttrMap) as tf.Tensor[];
     return withFinal ? { o: o!, finalState: finalState! } : { o: o! };
   });
 }
@@ -610,25 +613,24 @@ function limitOf(backend: WebGpuBackendLike): number {
 
 /** Registers the forward and backward kernels for `webgpu`, and the gradient. */
 export function registerGla(): void {
-  if (!tf.getKernel(GLA, 'webgpu')) {
-    tf.registerKernel({
-      kernelName: GLA,
-      backendName: 'webgpu',
-      kernelFunc: ({ inputs, backend, attrs }) => {
-        const be = backend as unknown as WebGpuBackendLike;
-        const { q, k, v, g, s0 } = inputs as Record<string, TensorInfo>;
-        const d = dimsOf(q!, v!, limitOf(be), attrs!.chunk as number);
-        const scale = attrs!.scale as number;
-        const b = run(be, cumgateProgram(d), [g!]);
-        const states = scan(be, d, scale, false, k!, v!, b, attrs!.hasInit ? s0! : undefined);
-        const o = run(be, intraProgram(d, scale, false), [q!, k!, v!, b, states]);
-        be.disposeData(b.dataId);
-        const out = [o];
-        if (attrs!.withFinal) out.push(run(be, takeStateProgram(d, d.NC), [states]));
-        be.disposeData(states.dataId);
-        return out;
-      },
-    });
+  const forward: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WebGpuBackendLike;
+    const { q, k, v, g, s0 } = inputs as Record<string, TensorInfo>;
+    const d = dimsOf(q!, v!, limitOf(be), attrs!.chunk as number);
+    const scale = attrs!.scale as number;
+    const b = run(be, cumgateProgram(d), [g!]);
+    const states = scan(be, d, scale, false, k!, v!, b, attrs!.hasInit ? s0! : undefined);
+    const o = run(be, intraProgram(d, scale, false), [q!, k!, v!, b, states]);
+    be.disposeData(b.dataId);
+    const out = [o];
+    if (attrs!.withFinal) out.push(run(be, takeStateProgram(d, d.NC), [states]));
+    be.disposeData(states.dataId);
+    return out;
+  };
+  for (const kernelName of [GLA, GLA_INIT]) {
+    if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: forward });
+  }
+  if (!tf.getKernel(GLA_GRAD, 'webgpu')) {
     tf.registerKernel({
       kernelName: GLA_GRAD,
       backendName: 'webgpu',
@@ -654,20 +656,25 @@ export function registerGla(): void {
       },
     });
   }
-  if (!tf.getGradient(GLA)) {
+  for (const [kernelName, withInit] of [
+    [GLA, false],
+    [GLA_INIT, true],
+  ] as const) {
+    if (tf.getGradient(kernelName)) continue;
     tf.registerGradient({
-      kernelName: GLA,
-      inputsToSave: ['q', 'k', 'v', 'g', 's0'],
+      kernelName,
+      inputsToSave: withInit ? ['q', 'k', 'v', 'g', 's0'] : ['q', 'k', 'v', 'g'],
       gradFunc: (dys, saved, attrs) => {
         const [q, k, v, g, s0] = saved as tf.Tensor[];
         // tfjs's tape passes zeros for an output the loss does not use
         const [dy, dFinal] = (Array.isArray(dys) ? dys : [dys]) as tf.Tensor[];
-        const hasInit = Boolean(attrs!.hasInit);
         // the final state's cotangent when it was returned; q stands in otherwise (unread)
-        const inputs = { q: q!, k: k!, v: v!, g: g!, s0: s0!, dy: dy!, dfinal: attrs!.withFinal ? dFinal! : q! };
+        const inputs: Record<string, tf.Tensor> = { q: q!, k: k!, v: v!, g: g!, dy: dy!, dfinal: attrs!.withFinal ? dFinal! : q! };
+        if (withInit) inputs.s0 = s0!;
         const [dq, dk, dv, dg, ds0] = tf.engine().runKernel(GLA_GRAD, inputs, attrs) as tf.Tensor[];
-        // Without an initial state, `s0` is q itself (a placeholder input): its share of q's gradient is zero.
-        return { q: () => dq!, k: () => dk!, v: () => dv!, g: () => dg!, s0: () => (hasInit ? ds0! : tf.zerosLike(s0!)) };
+        const grads: Record<string, () => tf.Tensor> = { q: () => dq!, k: () => dk!, v: () => dv!, g: () => dg! };
+        if (withInit) grads.s0 = () => ds0!;
+        return grads;
       },
     });
   }

@@ -18,7 +18,7 @@ export { rope, ropeComposite, ROPE, type RopeLayout } from './rope.js';
 export { adamwUpdate, adamwUpdateMany, adamwUpdateComposite, ADAMW, type AdamWHyper, type AdamWResult, type AdamWGuard, type AdamWItem } from './adamw.js';
 export { sparseCrossEntropy, sparseCrossEntropyComposite, SPARSE_XENT, SPARSE_XENT_GRAD } from './xent.js';
 export { kernelActive } from './program.js';
-export { glaWebGpu, glaSupported, registerGla, GLA, GLA_GRAD, type GlaWebGpuOptions } from './gla.js';
+export { glaWebGpu, glaSupported, registerGla, GLA, GLA_INIT, GLA_GRAD, type GlaWebGpuOptions } from './gla.js';
 export {
   deltaChunkKernels,
   deltaKernelSupported,
