@@ -70,6 +70,11 @@ export class AdamW {
     });
   }
 
+  /** Whether a fused AdamW is registered for the active backend (then `applyGuarded` can run). */
+  hasFusedUpdate(): boolean {
+    return fused('adamw') !== undefined;
+  }
+
   /**
    * One update with global-norm clipping and a finite guard folded into a fused kernel (see
    * `FusedOps.adamw` in @tsformer/core): `grads` unclipped, `guard.normAndLoss` [2] the pre-clip norm

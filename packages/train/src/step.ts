@@ -78,15 +78,18 @@ export async function trainStep(model: LanguageModel, optimizer: AdamW, micro: B
   const norm = globalNorm(acc);
   // Where a fused AdamW exists (webgpu), clipping and the finite check run inside the update, which
   // is enqueued before the loss and the norm are read back: the GPU does not idle during the read.
-  const normAndLoss = tf.tidy(() => tf.stack([norm, lossSum])); // [2]
-  let applied: boolean;
-  try {
-    applied = optimizer.applyGuarded(acc, opts.lr, { normAndLoss, maxNorm: opts.clipGradNorm });
-  } catch (e) {
-    tf.dispose([lossSum, norm, normAndLoss, ...acc.values()]);
-    throw e;
+  let applied = false;
+  if (optimizer.hasFusedUpdate()) {
+    const normAndLoss = tf.tidy(() => tf.stack([norm, lossSum])); // [2]
+    try {
+      applied = optimizer.applyGuarded(acc, opts.lr, { normAndLoss, maxNorm: opts.clipGradNorm });
+    } catch (e) {
+      tf.dispose([lossSum, norm, ...acc.values()]);
+      throw e;
+    } finally {
+      normAndLoss.dispose();
+    }
   }
-  normAndLoss.dispose();
   if (applied) {
     tf.dispose([...acc.values()]);
     try {
