@@ -2,7 +2,8 @@
  * Where the host time of a webgpu training step goes (issue 7). Runs on the lent H100 through the kit:
  *
  *   node scripts/bench/bundle-gpu.mjs scripts/bench/gpu-host.ts
- *   device: NODE_OPTIONS="--cpu-prof --cpu-prof-dir=$OUT/prof" bash .gpu/run.sh gpu-host.mjs [--gpt2 8x512] [--dawn TOGGLES] [--batch-size N]
+ *   device: NODE_OPTIONS="--cpu-prof --cpu-prof-dir=$OUT/prof" bash .gpu/run.sh gpu-host.mjs [--gpt2 8x512] [--dawn TOGGLES] [--batch-size N] [--matmul-only | --no-matmul]
+ *   (TSFORMER_DAWN_TOGGLES=a,b sets Dawn toggles too, as for every entry that calls selectBackend)
  *
  * Prints (1) the host cost of single dispatches (a tfjs binary op, a scalar op that uploads its
  * scalar, a reshape that dispatches nothing), timed as the wall time to enqueue N of them and then
@@ -212,7 +213,7 @@ opt.dispose();
 }
 // the model's matmul shapes: this package's kernel (default tiles, and each forced tile choice)
 // against tfjs's, TFLOP/s, 20 calls after a warm-up, synced on the GPU
-{
+if (!args.includes('--no-matmul')) {
   const N = b * T;
   const shapes: Array<[string, number, number, number, boolean, boolean]> = [
     ['qkv fwd', N, dModel, 3 * dModel, false, false],
@@ -235,8 +236,13 @@ opt.dispose();
     ['tfjs', 'tfjs'],
     ['128/8 n', { block: 128, bk: 8, order: 'n', split: 1 }],
     ['128/8 m', { block: 128, bk: 8, order: 'm', split: 1 }],
+    ['128x64/8', { bm: 128, bn: 64, bk: 8, split: 1 }],
+    ['64x128/8', { bm: 64, bn: 128, bk: 8, split: 1 }],
+    ['128x64/16', { bm: 128, bn: 64, bk: 16, split: 1 }],
     ['64/16', { block: 64, bk: 16, split: 1 }],
     ['64/8', { block: 64, bk: 8, split: 1 }],
+    ['128 split auto', { block: 128, bk: 8 }],
+    ['128x64 split auto', { bm: 128, bn: 64, bk: 8 }],
   ];
   console.log(`\n| product | M x K x N | ${variants.map(([v]) => v).join(' | ')} |\n|---|---|${variants.map(() => '---:').join('|')}|`);
   for (const [name, M, K, Nn, tA, tB] of shapes) {

@@ -7,5 +7,5 @@ export { checkShape } from './shape.js';
 export { matMul, matMulRouted, customOp, type CustomOp } from './ops.js';
 export { Registry } from './registry.js';
 export { registerFused, unregisterFused, fused, type FusedOps, type FusedName } from './fused.js';
-export { selectBackend, availableBackends, BACKENDS, type BackendName, type BackendInfo } from './backend.js';
+export { selectBackend, availableBackends, envDawnToggles, DEFAULT_DAWN_TOGGLES, BACKENDS, type BackendName, type BackendInfo } from './backend.js';
 export { tensorLeak, relativeError, finiteDifferenceGradient, dot } from './testing.js';

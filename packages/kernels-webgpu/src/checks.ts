@@ -356,6 +356,9 @@ export interface MatMulCase {
   transB?: boolean;
   /** Force a block size and K step (run the kernel directly); default: tf.matMul through the registered kernel. */
   block?: 64 | 128;
+  /** Rectangular blocks (rows, columns of C). */
+  bm?: 64 | 128;
+  bn?: 64 | 128;
   bk?: 8 | 16;
   order?: 'n' | 'm';
   split?: number;
@@ -378,6 +381,11 @@ export function matMulCases(): MatMulCase[] {
     { a: [2, 300, 33], b: [2, 33, 270], block: 128, order: 'm' },
     { a: [150, 70], b: [130, 150], transA: true, transB: true, block: 64, order: 'm' },
     { a: [1536, 24], b: [24, 1540] },
+    // rectangular blocks (128 x 64: 8 x 4 per thread; 64 x 128: 4 x 8)
+    { a: [261, 45], b: [45, 131], bm: 128, bn: 64 },
+    { a: [45, 133], b: [259, 45], transA: true, transB: true, bm: 64, bn: 128, bk: 16 },
+    { a: [2, 70, 36], b: [2, 140, 36], transB: true, bm: 64, bn: 128, order: 'm' },
+    { a: [300, 130], b: [300, 66], transA: true, bm: 128, bn: 64, split: 2 },
     // K split into slices summed afterwards: forced, uneven, and the automatic choice (few blocks, long K)
     { a: [700, 70], b: [700, 90], transA: true, block: 64, split: 3 },
     { a: [2, 65, 333], b: [2, 333, 66], block: 64, bk: 8, split: 5 },
@@ -397,8 +405,8 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   const onWebGpu = tf.getBackend() === 'webgpu';
   const ours = (tf.getKernel('BatchMatMul', 'webgpu') as { tsformer?: boolean } | undefined)?.tsformer === true;
   let y: tf.Tensor;
-  if ((c.block || c.order || c.split) && onWebGpu && shape) {
-    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bk: c.bk, order: c.order, split: c.split })!);
+  if ((c.block || c.bm || c.bn || c.order || c.split) && onWebGpu && shape) {
+    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bm: c.bm, bn: c.bn, bk: c.bk, order: c.order, split: c.split })!);
   } else y = tf.matMul(a, b, transA, transB);
   const [ha, hb, hy] = await Promise.all([a.data(), b.data(), y.data()]);
   const s = matMulShape(a, b, transA, transB)!;
@@ -426,7 +434,7 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   }
   const shapeOk = tf.util.arraysEqual(y.shape, s.outShape);
   tf.dispose([a, b, y]);
-  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bk ? ` bk ${c.bk}` : ''}${c.order ? ` order ${c.order}` : ''}${c.split ? ` split ${c.split}` : ''}`;
+  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bm ? ` ${c.bm}x${c.bn}` : ''}${c.bk ? ` bk ${c.bk}` : ''}${c.order ? ` order ${c.order}` : ''}${c.split ? ` split ${c.split}` : ''}`;
   return { name, fused: onWebGpu && ours && shapeOk && s.M >= 64 && s.N >= 64, errors: { out: Math.sqrt(num / Math.max(den, 1e-30)) }, ms: performance.now() - t0 };
 }
 

@@ -49,26 +49,34 @@ export function matMulTiles(s: MatMulShape, limit: number, force: TileChoice = {
   const blocks128 = s.batch * Math.ceil(s.M / 128) * Math.ceil(s.N / 128);
   // 128-blocks when there are enough of them to fill the GPU (132 SMs on an H100)
   const big = force.block ? force.block === 128 : blocks128 >= 128;
-  const [BM, TM] = big ? [128, 8] : [64, 4];
-  const bytes = (bk: number) => 2 * bk * (BM + BM) * 4 + 16; // two buffers of A and B slices, + wgShared
+  const BM = force.bm ?? (big ? 128 : 64);
+  const BN = force.bn ?? (big ? 128 : 64);
+  // 16 x 16 threads, each a (BM / 16) x (BN / 16) micro-tile
+  const [TM, TN] = [BM / 16, BN / 16];
+  const bytes = (bk: number) => 2 * bk * (BM + BN) * 4 + 16; // two buffers of A and B slices, + wgShared
   // 128-blocks step K by 8: on the H100 (gpu.ts --calibrate 4096) BK 8 ran 29-34 TFLOP/s in every
   // transpose combination against 17-25 with BK 16 (two 64 KiB-per-step tiles cut occupancy)
-  const BK = force.bk ?? (big || bytes(16) > limit ? 8 : 16);
+  const BK = force.bk ?? (BM === 128 || BN === 128 || bytes(16) > limit ? 8 : 16);
   // Split K when the blocks alone are few (under ~1.5 per SM of an H100) and K is long (>= 256
   // steps): the weight gradients X^T dY of a training step (M, N = the layer's widths, K = tokens).
   // On the H100, 768 x 4096 x 768 ran 5.4 TFLOP/s unsplit and 14.2 split in 4. Each slice keeps at
   // least 64 K steps. The sum of the slices is one more dispatch (~0.1 ms of host time on
   // tfjs-webgpu), so products that are merely short of a full wave are left whole.
-  const blocks = s.batch * Math.ceil(s.M / BM) * Math.ceil(s.N / BM);
+  const blocks = s.batch * Math.ceil(s.M / BM) * Math.ceil(s.N / BN);
   const steps = Math.ceil(s.K / BK);
   const auto = blocks < 200 && steps >= 256 ? Math.max(1, Math.min(16, Math.ceil(528 / blocks), Math.floor(steps / 64))) : 1;
   const split = Math.max(1, Math.min(force.split ?? auto, steps));
-  return { BM, BN: BM, BK, TM, TN: TM, order: force.order ?? 'n', split };
+  return { BM, BN, BK, TM, TN, order: force.order ?? 'n', split };
 }
 
 /** Forces a block size, K step or workgroup order (checks exercise every configuration; calibration picks). */
 export interface TileChoice {
+  /** Square blocks of this size (64: 4 x 4 per thread; 128: 8 x 8). */
   block?: 64 | 128;
+  /** Block rows (of C) alone, overriding `block`: 64 or 128. */
+  bm?: 64 | 128;
+  /** Block columns alone, overriding `block`: 64 or 128. */
+  bn?: 64 | 128;
   bk?: 8 | 16;
   /** Which block index runs fastest across consecutive workgroups: `n` (default; they share A's rows) or `m`. */
   order?: 'n' | 'm';
