@@ -243,7 +243,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram
               result[col] = v.x; result[col + 1u] = v.y; result[col + 2u] = v.z; result[col + 3u] = v.w; }`,
               )
               .join('\n            ')}
-            if (tx == 0u) { result[B * T * H * D4 * 4u + (b * H + h) * T + i] = select(crow[qi] + log(lsum), 0.0, SIGMOID); }
+            if (tx == 0u) { result_1[(b * H + h) * T + i] = select(crow[qi] + log(lsum), 0.0, SIGMOID); }
           }
         }`,
           )
@@ -443,7 +443,6 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
             ])}
           }
         }
-        let off = B * T * HKV * D4 * 4u;
         ${range(R)
           .map(
             (rr) => `{
@@ -454,7 +453,7 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
               .map(
                 (c) => `{ let col = base + (tx + ${8 * c}u) * 4u; let k4 = dk[${rr * DC + c}]; let v4 = dv[${rr * DC + c}];
               result[col] = k4.x; result[col + 1u] = k4.y; result[col + 2u] = k4.z; result[col + 3u] = k4.w;
-              result[off + col] = v4.x; result[off + col + 1u] = v4.y; result[off + col + 2u] = v4.z; result[off + col + 3u] = v4.w; }`,
+              result_1[col] = v4.x; result_1[col + 1u] = v4.y; result_1[col + 2u] = v4.z; result_1[col + 3u] = v4.w; }`,
               )
               .join('\n            ')}
           }

@@ -209,7 +209,7 @@ function forwardProgram(d: Dims, r: Resolved, limit: number, maxThreads: number)
             result[oBase + 4u * c] = o.x; result[oBase + 4u * c + 1u] = o.y;
             result[oBase + 4u * c + 2u] = o.z; result[oBase + 4u * c + 3u] = o.w;
           }
-          result[B * T * H * D4 * 4u + (b * H + h) * T + i] = select(m + log(l), 0.0, SIGMOID);
+          result_1[(b * H + h) * T + i] = select(m + log(l), 0.0, SIGMOID);
         }
       }`,
   });
@@ -404,12 +404,11 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
         }
         if (j < T) {
           let base = ((b * T + j) * HKV + g) * D4 * 4u;
-          let off = B * T * HKV * D4 * 4u;
           for (var c = 0u; c < D4; c++) {
             result[base + 4u * c] = dk[c].x; result[base + 4u * c + 1u] = dk[c].y;
             result[base + 4u * c + 2u] = dk[c].z; result[base + 4u * c + 3u] = dk[c].w;
-            result[off + base + 4u * c] = dv[c].x; result[off + base + 4u * c + 1u] = dv[c].y;
-            result[off + base + 4u * c + 2u] = dv[c].z; result[off + base + 4u * c + 3u] = dv[c].w;
+            result_1[base + 4u * c] = dv[c].x; result_1[base + 4u * c + 1u] = dv[c].y;
+            result_1[base + 4u * c + 2u] = dv[c].z; result_1[base + 4u * c + 3u] = dv[c].w;
           }
         }
       }`,

@@ -362,6 +362,7 @@ export interface MatMulCase {
   bk?: 8 | 16;
   order?: 'n' | 'm';
   split?: number;
+  unroll?: boolean;
 }
 
 /** Odd shapes (not multiples of the tiles, K below a tile step), transposes, batch broadcast. */
@@ -386,6 +387,10 @@ export function matMulCases(): MatMulCase[] {
     { a: [45, 133], b: [259, 45], transA: true, transB: true, bm: 64, bn: 128, bk: 16 },
     { a: [2, 70, 36], b: [2, 140, 36], transB: true, bm: 64, bn: 128, order: 'm' },
     { a: [300, 130], b: [300, 66], transA: true, bm: 128, bn: 64, split: 2 },
+    // K steps written out (constant offsets) instead of a loop
+    { a: [2, 140, 77], b: [77, 260], bm: 64, bn: 128, unroll: true },
+    { a: [90, 200], b: [333, 90], transA: true, transB: true, block: 128, unroll: true },
+    { a: [131, 70], b: [70, 129], block: 64, bk: 16, unroll: true, split: 2 },
     // K split into slices summed afterwards: forced, uneven, and the automatic choice (few blocks, long K)
     { a: [700, 70], b: [700, 90], transA: true, block: 64, split: 3 },
     { a: [2, 65, 333], b: [2, 333, 66], block: 64, bk: 8, split: 5 },
@@ -405,8 +410,8 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   const onWebGpu = tf.getBackend() === 'webgpu';
   const ours = (tf.getKernel('BatchMatMul', 'webgpu') as { tsformer?: boolean } | undefined)?.tsformer === true;
   let y: tf.Tensor;
-  if ((c.block || c.bm || c.bn || c.order || c.split) && onWebGpu && shape) {
-    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bm: c.bm, bn: c.bn, bk: c.bk, order: c.order, split: c.split })!);
+  if ((c.block || c.bm || c.bn || c.order || c.split || c.unroll) && onWebGpu && shape) {
+    y = tf.engine().makeTensorFromTensorInfo(runMatMul(tf.backend() as unknown as WebGpuBackendLike, a, b, transA, transB, { block: c.block, bm: c.bm, bn: c.bn, bk: c.bk, order: c.order, split: c.split, unroll: c.unroll })!);
   } else y = tf.matMul(a, b, transA, transB);
   const [ha, hb, hy] = await Promise.all([a.data(), b.data(), y.data()]);
   const s = matMulShape(a, b, transA, transB)!;
@@ -434,7 +439,7 @@ export async function checkMatMul(c: MatMulCase, seed: number): Promise<CheckRes
   }
   const shapeOk = tf.util.arraysEqual(y.shape, s.outShape);
   tf.dispose([a, b, y]);
-  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bm ? ` ${c.bm}x${c.bn}` : ''}${c.bk ? ` bk ${c.bk}` : ''}${c.order ? ` order ${c.order}` : ''}${c.split ? ` split ${c.split}` : ''}`;
+  const name = `matmul [${c.a}]${transA ? 'T' : ''} x [${c.b}]${transB ? 'T' : ''}${c.block ? ` block ${c.block}` : ''}${c.bm ? ` ${c.bm}x${c.bn}` : ''}${c.bk ? ` bk ${c.bk}` : ''}${c.order ? ` order ${c.order}` : ''}${c.split ? ` split ${c.split}` : ''}${c.unroll ? ' unrolled' : ''}`;
   return { name, fused: onWebGpu && ours && shapeOk && s.M >= 64 && s.N >= 64, errors: { out: Math.sqrt(num / Math.max(den, 1e-30)) }, ms: performance.now() - t0 };
 }
 

@@ -564,7 +564,7 @@ function dqkProgram(d: Dims, scale: number): KernelProgram {
             let c = ct * 64u + tx + 16u * ec;
             if (r < len && c < K) {
               result[ik(b, t0 + r, h, c)] = dq[x] * SCALE;
-              result[N + ik(b, t0 + r, h, c)] = dk[x];
+              result_1[ik(b, t0 + r, h, c)] = dk[x];
             }
           }
         }
@@ -578,7 +578,7 @@ function dqkProgram(d: Dims, scale: number): KernelProgram {
               for (var vv = 0u; vv < V; vv++) { acc += ST[ist(bh, n + 1u, c, vv)] * DS[ist(bh, n + 1u, c, vv)]; }
               for (var r = len; r > 0u; r--) {
                 acc += buf[(r - 1u) * 64u + cl];
-                result[2u * N + ik(b, t0 + r - 1u, h, c)] = acc;
+                result_2[ik(b, t0 + r - 1u, h, c)] = acc;
               }
             }
           }
