@@ -124,6 +124,74 @@ async function perCall(name: string, n: number, f: () => void): Promise<void> {
   );
 }
 
+if (args.includes('--native')) {
+  // the host cost of each WebGPU call tfjs makes per dispatch (Dawn's Node binding), N calls each
+  type Dev = {
+    createShaderModule(d: { code: string }): unknown;
+    createComputePipeline(d: unknown): { getBindGroupLayout(i: number): unknown };
+    createBuffer(d: { size: number; usage: number }): unknown;
+    createBindGroup(d: unknown): unknown;
+    createCommandEncoder(): { beginComputePass(): { setPipeline(p: unknown): void; setBindGroup(i: number, g: unknown): void; dispatchWorkgroups(x: number): void; end(): void }; finish(): unknown };
+    queue: { writeBuffer(b: unknown, o: number, d: ArrayBufferView): void; submit(c: unknown[]): void; onSubmittedWorkDone(): Promise<void> };
+  };
+  const device = (tf.backend() as unknown as { device: Dev }).device;
+  const U = (globalThis as unknown as { GPUBufferUsage: Record<string, number> }).GPUBufferUsage;
+  const module = device.createShaderModule({
+    code: `@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+      @group(0) @binding(1) var<storage, read> b: array<f32>;
+      @group(0) @binding(2) var<uniform> u: vec4<f32>;
+      @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { if (g.x < 64u) { a[g.x] = b[g.x] + u.x; } }`,
+  });
+  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const bufs = Array.from({ length: 8 }, () => device.createBuffer({ size: 4096, usage: U.STORAGE! | U.COPY_DST! | U.COPY_SRC! }));
+  const ubuf = device.createBuffer({ size: 256, usage: U.UNIFORM! | U.COPY_DST! });
+  const layout = pipeline.getBindGroupLayout(0);
+  const group = (i: number) => device.createBindGroup({ layout, entries: [{ binding: 0, resource: { buffer: bufs[i % 8] } }, { binding: 1, resource: { buffer: bufs[(i + 1) % 8] } }, { binding: 2, resource: { buffer: ubuf } }] });
+  const data = new Float32Array(64);
+  const time = async (name: string, n: number, f: (i: number) => void, per = 1) => {
+    for (let i = 0; i < 100; i++) f(i);
+    await device.queue.onSubmittedWorkDone();
+    const t0 = now();
+    for (let i = 0; i < n; i++) f(i);
+    const us = ((now() - t0) / n / per) * 1000;
+    await device.queue.onSubmittedWorkDone();
+    console.log(`| ${name} | ${us.toFixed(1)} |`);
+  };
+  console.log('\n| WebGPU call (Dawn, Node) | host µs each |\n|---|---:|');
+  await time('pipeline.getBindGroupLayout(0)', 5000, () => void pipeline.getBindGroupLayout(0));
+  await time('device.createBindGroup (3 entries)', 5000, (i) => void group(i));
+  await time('queue.writeBuffer 256 B', 5000, () => device.queue.writeBuffer(ubuf, 0, data));
+  const groups = Array.from({ length: 8 }, (_, i) => group(i));
+  for (const per of [1, 15, 200]) {
+    await time(`encoder + pass + ${per} x (setPipeline, setBindGroup, dispatch) + finish + submit, per dispatch`, Math.ceil(3000 / per), (i) => {
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      for (let j = 0; j < per; j++) {
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(0, groups[(i + j) % 8]);
+        pass.dispatchWorkgroups(1);
+      }
+      pass.end();
+      device.queue.submit([enc.finish()]);
+    }, per);
+  }
+  process.exit(0);
+}
+const stepsOnly = Number(arg('steps-only', '0'));
+if (stepsOnly > 0) {
+  // only training steps (for a host CPU profile: node --cpu-prof .gpu/gpu-host.mjs --steps-only 10)
+  const rng = Rng.seeded(1);
+  const model = gpt2Model({ vocab, dModel, layers: L, heads, T: T, rng });
+  const opt = new AdamW(model.namedParameters(), { type: 'adamw', lr: 1e-4, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.1 });
+  const n = b * T;
+  const batch: Batch = { inputs: new Int32Array(n).map(() => rng.int(vocab)), targets: new Int32Array(n).map(() => rng.int(vocab)), batchSize: b, seqLen: T };
+  for (let i = 0; i < 2; i++) await trainStep(model, opt, [batch], { lr: 1e-4, clipGradNorm: 1 });
+  const t0 = now();
+  for (let i = 0; i < stepsOnly; i++) await trainStep(model, opt, [batch], { lr: 1e-4, clipGradNorm: 1 });
+  const caches = (tf.backend() as { tsformerDispatchCaches?: object }).tsformerDispatchCaches;
+  console.log(`steps only: ${((now() - t0) / stepsOnly).toFixed(1)} ms/step over ${stepsOnly} (${L} layers, d=${dModel}, vocab ${vocab}, ${b}x${T}); dispatch caches ${caches ? JSON.stringify(caches) : 'off'}`);
+  process.exit(0);
+}
 if (!args.includes('--matmul-only')) {
 const x = tf.randomNormal([1024]);
 const y = tf.randomNormal([1024]);

@@ -216,6 +216,37 @@ export async function checkUploads(seed: number): Promise<CheckResult> {
   return { name: 'uploads from the host (float32, int32, bool, scalars; pooled buffers)', fused: (tf.backend() as { tsformerFastUploads?: boolean }).tsformerFastUploads === true, errors: { wrongValues: wrong }, ms: performance.now() - t0 };
 }
 
+/**
+ * Bind groups and uniform buffers cached across dispatches (@tsformer/core's webgpu-dispatch.ts):
+ * the same ops repeated on the same shapes, with their buffers going back to the pool between
+ * rounds and new uniform values each round, must give the host's results every round, and the
+ * later rounds must hit both caches.
+ */
+export async function checkDispatchCaches(seed: number): Promise<CheckResult> {
+  const t0 = performance.now();
+  const stats = (tf.backend() as { tsformerDispatchCaches?: { uniformHits: number; bindGroupHits: number } }).tsformerDispatchCaches;
+  const before = { u: stats?.uniformHits ?? 0, g: stats?.bindGroupHits ?? 0 };
+  let worst = 0;
+  for (let round = 0; round < 4; round++) {
+    const a = randn([67, 33], seed + round);
+    const b = randn([33, 70], seed + 10 + round);
+    const y = tf.tidy(() => tf.relu(tf.matMul(a, b).add(round)).sum(1).mul(0.5 + round));
+    const [av, bv, yv] = (await Promise.all([a.data(), b.data(), y.data()])) as Float32Array[];
+    for (let i = 0; i < 67; i++) {
+      let row = 0;
+      for (let j = 0; j < 70; j++) {
+        let dot = round;
+        for (let k = 0; k < 33; k++) dot += av![i * 33 + k]! * bv![k * 70 + j]!;
+        row += Math.max(0, dot);
+      }
+      worst = Math.max(worst, Math.abs(yv![i]! - row * (0.5 + round)) / Math.max(1, Math.abs(row)));
+    }
+    tf.dispose([a, b, y]);
+  }
+  const hits = stats ? stats.uniformHits - before.u + stats.bindGroupHits - before.g : 0;
+  return { name: 'dispatch caches (bind groups, uniforms) across repeated ops', fused: stats !== undefined && hits > 0, errors: { out: worst }, ms: performance.now() - t0 };
+}
+
 export async function checkRope(B: number, T: number, H: number, D: number, R: number, layout: RopeLayout, seed: number): Promise<CheckResult> {
   const x = randn([B, T, H, D], seed);
   const angles = tf.tidy(() => randn([T, R / 2], seed + 1).mul(3));
@@ -684,6 +715,7 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   push(await checkAddN(40, 1000 * k, seed + 10 * n++));
   push(await checkSumSquares(40, k, seed + 10 * n++));
   push(await checkUploads(seed + 10 * n++));
+  push(await checkDispatchCaches(seed + 10 * n++));
   for (const c of matMulCases()) push(await checkMatMul(c, seed + 10 * n++));
   push(await checkCumsum([5, 9, 16], seed + 10 * n++));
   for (const c of glaCases(k)) push(await checkGla(c, seed + 10 * n++));
