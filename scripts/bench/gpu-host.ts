@@ -62,9 +62,17 @@ const be = tf.backend() as unknown as Record<string, Fn> & {
   device: Record<string, Fn>;
 };
 const run0 = be.runWebGPUProgram!.bind(be);
+// --by-shape: matmuls named by shape in the GPU profile (tsf_matmul nt 4096x768x2304 [b3], from the shader key)
+const byShape = args.includes('--by-shape');
 be.runWebGPUProgram = (...a: unknown[]) => {
   const t0 = now();
-  const program = a[0] as { constructor: { name: string } };
+  const program = a[0] as { constructor: { name: string }; shaderKey?: string };
+  const mm = byShape ? /^tsf_matmul_(\d+)_\d+_\d+_(\d+)_(\d+)_(\d+)_(true|false)_(true|false)_(\w+?)_\d+x\d+_[nm]_(\d+)/.exec(program.shaderKey ?? '') : null;
+  if (mm) {
+    const [, batch, M, N, K, tA, tB, tiles, split] = mm;
+    const name = `tsf_matmul ${tA === 'true' ? 't' : 'n'}${tB === 'true' ? 't' : 'n'} ${M}x${K}x${N}${batch !== '1' ? ` b${batch}` : ''} ${tiles}${split !== '1' ? ` split ${split}` : ''}`;
+    Object.defineProperty(program, 'constructor', { value: { name }, enumerable: false });
+  }
   const r = run0(...a);
   c.programMs += now() - t0;
   c.dispatches++;
@@ -274,6 +282,10 @@ console.log(
     return [value, ...Object.values(grads)];
   });
   console.log(`forward+backward GPU time ${p.kernelMs.toFixed(0)} ms: ${topPrograms(p.by, 40)}`);
+  if (byShape) {
+    const mms = [...p.by].filter(([k]) => k.startsWith('tsf_matmul '));
+    console.log(`matmuls by shape: ${mms.reduce((acc, [, v]) => acc + v, 0).toFixed(1)} ms in ${mms.length} shapes\n| product | GPU ms per step |\n|---|---:|\n${mms.sort((x, y) => y[1] - x[1]).map(([k, v]) => `| ${k.slice(11)} | ${v.toFixed(2)} |`).join('\n')}`);
+  }
   tf.dispose([ids, targets]);
 }
 model.dispose();

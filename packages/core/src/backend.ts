@@ -169,11 +169,11 @@ function installWebGpuFactory(adapter: GPUAdapterLike, mod: WebGpuModule): void 
       const backend = new mod.WebGPUBackend(device, adapter.info);
       // host-made tensors reach the GPU through queue.writeBuffer (see webgpu-upload.ts)
       if (!installFastUploads(backend)) console.warn('tsformer: this tfjs-backend-webgpu has unexpected internals; host uploads stay on its own path');
-      // bind groups and uniform buffers reused across dispatches (see webgpu-dispatch.ts);
+      // uniform buffers reused across dispatches (see webgpu-dispatch.ts);
       // TSFORMER_DISPATCH_CACHES=off leaves tfjs's own per-dispatch path
       const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
       if (env?.TSFORMER_DISPATCH_CACHES !== 'off' && !installDispatchCaches(backend)) {
-        console.warn('tsformer: this tfjs-backend-webgpu has unexpected internals; bind groups and uniforms stay uncached');
+        console.warn('tsformer: this tfjs-backend-webgpu has unexpected internals; uniform buffers stay uncached');
       }
       return backend as tf.KernelBackend;
     },

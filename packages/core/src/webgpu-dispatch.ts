@@ -1,45 +1,28 @@
 /**
- * Host-side caches for tfjs-backend-webgpu 4.22's dispatches: bind groups and uniform buffers.
+ * Host-side caches for tfjs-backend-webgpu 4.22's dispatches: uniform buffers and bind group layouts.
  *
  * For every dispatch, tfjs packs its uniforms (NaN, Infinity, the shapes and strides of inputs and
- * output, the program's own values) into a fresh pooled buffer with `queue.writeBuffer`, asks the
- * pipeline for its bind group layout and creates a bind group. Through Dawn in Node on the H100 a
- * bind group costs 24.6 µs of host time, the layout 2.9 µs and the write 6.4 µs
- * (`scripts/bench/gpu-host.ts --native`), against about 6 µs for recording the dispatch itself; a
- * GPT-2-small training step makes about 700 dispatches, and at T=512 the host is the bound.
+ * output, the program's own values) into a fresh pooled buffer with `queue.writeBuffer`, and asks
+ * the pipeline for its bind group layout. Through Dawn in Node on the H100 the write costs 6.4 µs of
+ * host time and the layout 2.9 µs (`scripts/bench/gpu-host.ts --native`; a bind group 24.6, a
+ * recorded dispatch about 6); a GPT-2-small training step makes about 700 dispatches.
  *
- * A training step repeats the same programs on the same shapes, and tfjs's buffer pool hands out
- * buffers in the same order each step, so both repeat:
- * - Uniforms are cached by content: identical bytes bind the same buffer, written once. A cached
- *   buffer is never written again while cached; one evicted from the cache (least recently used,
- *   beyond UNIFORM_CACHE entries) goes back to tfjs's pool only after the next submit (through
- *   tfjs's own pending-disposal list), as tfjs does with its per-dispatch uniform buffers.
- * - Bind groups are cached by layout and bound buffers (identity, offset, size). A bind group holds
- *   buffers, not their contents, so a hit is the same binding whatever the buffers now hold. A
- *   destroyed buffer drops every cached bind group that holds it (tfjs destroys buffers when its
- *   pool is disposed, and staging buffers after use).
- * - Pipelines answer `getBindGroupLayout` from a memo (one layout object per pipeline), so the
- *   layout can key the cache.
+ * - Uniforms are cached by content: a training step repeats the same programs on the same shapes,
+ *   so identical bytes bind the same buffer, written once (on the H100: 8,724 hits and 55 misses
+ *   over 12 GPT-2-small steps). A cached buffer is never written again while cached; one evicted
+ *   (least recently used, beyond UNIFORM_CACHE entries) goes back to tfjs's pool only after the next
+ *   submit, through tfjs's own pending-disposal list, as tfjs does with its per-dispatch buffers.
+ * - Pipelines answer `getBindGroupLayout` from a memo (one layout object per pipeline).
+ *
+ * Bind groups are not cached: keyed by their buffers they hit 17% of the time over those steps
+ * (tfjs's pool does not hand out the same buffers in the same roles each step), which did not pay
+ * for the bookkeeping. The step itself was GPU-bound at that point (100-103 ms with or without).
  */
 
-interface BufferLike {
-  destroy(): void;
-}
-interface BindGroupEntryLike {
-  binding: number;
-  resource: { buffer?: BufferLike; offset?: number; size?: number } | object;
-}
-interface BindGroupDescLike {
-  layout: object;
-  entries: BindGroupEntryLike[];
-  label?: string;
-}
 interface PipelineLike {
   getBindGroupLayout(i: number): object;
 }
 interface DeviceLike {
-  createBindGroup(d: BindGroupDescLike): unknown;
-  createBuffer(d: unknown): BufferLike;
   createComputePipeline(d: unknown): PipelineLike;
   createComputePipelineAsync?(d: unknown): Promise<PipelineLike>;
 }
@@ -57,8 +40,6 @@ interface WebGpuBackendInternals {
 
 /** Distinct uniform contents kept (a GPT-2-small step has a few hundred). */
 export const UNIFORM_CACHE = 4096;
-/** Distinct bind groups kept. */
-export const BIND_GROUP_CACHE = 16384;
 
 /** GPUBufferUsage.UNIFORM | COPY_DST, as tfjs gives its uniform buffers. */
 const UNIFORM_USAGE = 0x0040 | 0x0008;
@@ -67,10 +48,6 @@ const UNIFORM_USAGE = 0x0040 | 0x0008;
 export interface DispatchCacheStats {
   uniformHits: number;
   uniformMisses: number;
-  bindGroupHits: number;
-  bindGroupMisses: number;
-  /** Cached bind groups dropped because a buffer they hold was destroyed. */
-  invalidated: number;
 }
 
 /**
@@ -125,9 +102,6 @@ class Lru<V> {
       this.evict(value);
     }
   }
-  delete(k: string): boolean {
-    return this.#map.delete(k);
-  }
   get size(): number {
     return this.#map.size;
   }
@@ -142,17 +116,8 @@ export function installDispatchCaches(backend: object): DispatchCacheStats | und
   const be = backend as Partial<WebGpuBackendInternals>;
   const device = be.device;
   if (!device || typeof be.makeUniforms !== 'function' || !be.queue || !be.bufferManager || !Array.isArray(be.uniformPendingDisposal)) return undefined;
-  if (typeof device.createBindGroup !== 'function' || typeof device.createComputePipeline !== 'function') return undefined;
-  const stats: DispatchCacheStats = { uniformHits: 0, uniformMisses: 0, bindGroupHits: 0, bindGroupMisses: 0, invalidated: 0 };
-
-  // object identities as numbers (layouts, buffers)
-  const ids = new WeakMap<object, number>();
-  let nextId = 1;
-  const idOf = (o: object): number => {
-    let id = ids.get(o);
-    if (id === undefined) ids.set(o, (id = nextId++));
-    return id;
-  };
+  if (typeof device.createComputePipeline !== 'function') return undefined;
+  const stats: DispatchCacheStats = { uniformHits: 0, uniformMisses: 0 };
 
   // uniforms by content
   const uniforms = new Lru<{ offset: number; size: number; buffer: unknown }>(UNIFORM_CACHE, (u) => be.uniformPendingDisposal!.push(u.buffer));
@@ -193,50 +158,6 @@ export function installDispatchCaches(backend: object): DispatchCacheStats | und
     device.createComputePipelineAsync = async (d: unknown) => memoLayouts(await createAsync(d));
   }
 
-  // bind groups by layout and buffers; a destroyed buffer drops the groups that hold it
-  const groups = new Lru<unknown>(BIND_GROUP_CACHE);
-  const keysOfBuffer = new Map<number, string[]>();
-  const watched = new WeakSet<object>();
-  const watch = (b: BufferLike) => {
-    if (watched.has(b)) return;
-    watched.add(b);
-    const destroy = b.destroy.bind(b);
-    Object.defineProperty(b, 'destroy', {
-      value: () => {
-        const id = idOf(b);
-        for (const k of keysOfBuffer.get(id) ?? []) if (groups.delete(k)) stats.invalidated++;
-        keysOfBuffer.delete(id);
-        destroy();
-      },
-      configurable: true,
-    });
-  };
-  const createBindGroup = device.createBindGroup.bind(device);
-  device.createBindGroup = (d: BindGroupDescLike) => {
-    let key = `${idOf(d.layout)}`;
-    for (const e of d.entries) {
-      const r = e.resource as { buffer?: BufferLike; offset?: number; size?: number };
-      if (!r.buffer) return createBindGroup(d); // textures, samplers: not cached
-      key += `|${e.binding}:${idOf(r.buffer)}:${r.offset ?? 0}:${r.size ?? -1}`;
-    }
-    const hit = groups.get(key);
-    if (hit) {
-      stats.bindGroupHits++;
-      return hit;
-    }
-    stats.bindGroupMisses++;
-    const g = createBindGroup(d);
-    groups.set(key, g);
-    for (const e of d.entries) {
-      const b = (e.resource as { buffer: BufferLike }).buffer;
-      watch(b);
-      const id = idOf(b);
-      let keys = keysOfBuffer.get(id);
-      if (!keys) keysOfBuffer.set(id, (keys = []));
-      keys.push(key);
-    }
-    return g;
-  };
   (backend as { tsformerDispatchCaches?: DispatchCacheStats }).tsformerDispatchCaches = stats;
   return stats;
 }
