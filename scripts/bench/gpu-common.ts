@@ -21,14 +21,24 @@ export async function sync(r: tf.Tensor | tf.Tensor[]): Promise<void> {
 }
 
 /**
- * A timer: mean wall ms per call of `fn` after a warm-up (compiles) and a probe, over as many calls
+ * A timer: mean wall ms per call of `fn` after a warm-up (compiles), `warmMs` of busy GPU and a probe, over as many calls
  * as fit `budgetMs` (between `minReps` and `maxReps`), with one sync at the end.
  */
-export function timer(budgetMs: number, minReps = 1, maxReps = 20): (fn: () => tf.Tensor | tf.Tensor[]) => Promise<{ ms: number }> {
+export function timer(budgetMs: number, minReps = 1, maxReps = 20, warmMs = 300): (fn: () => tf.Tensor | tf.Tensor[]) => Promise<{ ms: number }> {
   return async (fn) => {
     let r = fn();
     await sync(r);
     tf.dispose(r);
+    // keep the GPU busy for warmMs first: after the host made the inputs (seconds at the largest
+    // sizes) the GPU has idled, and the first call timed then read 40-60% low on the H100 (clocks)
+    // (10 calls between syncs: short kernels synced one by one leave the GPU mostly idle)
+    for (const w0 = now(); now() - w0 < warmMs; ) {
+      for (let i = 0; i < 10; i++) {
+        r = fn();
+        if (i === 9) await sync(r);
+        tf.dispose(r);
+      }
+    }
     const t0 = now();
     r = fn();
     await sync(r);

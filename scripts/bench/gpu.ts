@@ -209,13 +209,7 @@ async function matmulTable(torch: Array<Record<string, unknown>>): Promise<void>
     const a = tf.randomNormal([n, n]);
     const b = tf.randomNormal([n, n]);
     const flops = (ms: number) => (2 * n ** 3) / (ms * 1e9);
-    // the GPU idles while the inputs are generated on the host: keep it busy for 300 ms first. On the
-    // H100 the kernel timed first on fresh inputs read 40-60% low (likely clocks; not confirmed).
-    for (const t1 = now(); now() - t1 < 300; ) {
-      const r = tf.matMul(a, b);
-      await sync(r);
-      r.dispose();
-    }
+    // (the timer keeps the GPU busy before each measurement: see gpu-common.ts)
     const ours = await time(() => tf.matMul(a, b));
     const oursT = await time(() => tf.matMul(a, b, true, true));
     const theirs = tfjs
