@@ -54,8 +54,11 @@ export function matMulTiles(s: MatMulShape, limit: number, force: TileChoice = {
   // 64 x 128 blocks (4 x 8 per thread) by default where blocks are plentiful: on the H100 (gpu-host.ts,
   // GPT-2-small shapes at 4096 tokens) they ran 5-50% faster than 128 x 128 on 11 of 15 products
   // (lm head dX 22.5 -> 34.1 TFLOP/s) and within 3% on the others.
+  // Also where blocks are few: the weight gradients of 768 x 768 layers (768 x 4096 x 768, 48 per
+  // GPT-2-small step) took 10.9 ms of GPU per step as 64 x 64 blocks with K split in 4 (21 TFLOP/s
+  // in the step, gpu-host.ts --by-shape); 64 x 128 with K split in 8 ran faster in the isolated table.
   const BM = force.bm ?? force.block ?? 64;
-  const BN = force.bn ?? force.block ?? (big ? 128 : 64);
+  const BN = force.bn ?? force.block ?? (big || s.N >= 128 ? 128 : 64);
   // 16 x 16 threads, each a (BM / 16) x (BN / 16) micro-tile
   const [TM, TN] = [BM / 16, BN / 16];
   const bytes = (bk: number) => 2 * bk * (BM + BN) * 4 + 16; // two buffers of A and B slices, + wgShared

@@ -61,7 +61,7 @@ export class KernelProgram {
     // tfjs names a program by `program.constructor.name` in pipelines and in tf.time's per-kernel
     // profile; give each kernel its own name there (the key's prefix, e.g. tsf_fa_dq).
     const name = a.key.replace(/_\d.*$/, '');
-    Object.defineProperty(this, 'constructor', { value: { name }, enumerable: false });
+    Object.defineProperty(this, 'constructor', { value: { name }, enumerable: false, configurable: true });
     this.#body = a.body;
   }
 
