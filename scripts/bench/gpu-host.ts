@@ -2,14 +2,20 @@
  * Where the host time of a webgpu training step goes (issue 7). Runs on the lent H100 through the kit:
  *
  *   node scripts/bench/bundle-gpu.mjs scripts/bench/gpu-host.ts
- *   device: NODE_OPTIONS="--cpu-prof --cpu-prof-dir=$OUT/prof" bash .gpu/run.sh gpu-host.mjs [--gpt2 8x512] [--dawn TOGGLES] [--batch-size N] [--matmul-only | --no-matmul]
+ *   device: bash .gpu/run.sh gpu-host.mjs [--gpt2 8x512] [--model L,d,heads,vocab] [--dawn TOGGLES] [--batch-size N]
+ *           [--matmul-only | --no-matmul] [--by-shape] [--steps-only N] [--native]
+ *   a CPU profile (NODE_OPTIONS may not carry --cpu-prof): after one run.sh call has unpacked node,
+ *           /tmp/node --cpu-prof --cpu-prof-dir=$OUT/prof .gpu/gpu-host.mjs --steps-only 15
  *   (TSFORMER_DAWN_TOGGLES=a,b sets Dawn toggles too, as for every entry that calls selectBackend)
  *
  * Prints (1) the host cost of single dispatches (a tfjs binary op, a scalar op that uploads its
  * scalar, a reshape that dispatches nothing), timed as the wall time to enqueue N of them and then
  * to drain the queue; (2) for a GPT-2-small-shaped DecoderLM step: the dispatches per step by
- * program, the uploads from the host, buffers created, queue submits, and the wall time spent
- * inside tfjs's runWebGPUProgram against the whole step.
+ * program, the uploads from the host, buffers created, queue submits, the wall time spent inside
+ * tfjs's runWebGPUProgram against the whole step, and the GPU time per program (`--by-shape`: the
+ * matmuls by shape); (3) the model's matmul shapes under each tile choice (TFLOP/s).
+ * `--steps-only N`: only N timed training steps (for profiles). `--native`: the host cost of each
+ * WebGPU call tfjs makes per dispatch (bind group, layout, uniform write, recording, submit).
  */
 // bundled statically: a bundle cannot import the backend module by name at run time
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
