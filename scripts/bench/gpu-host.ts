@@ -20,7 +20,7 @@
 // bundled statically: a bundle cannot import the backend module by name at run time
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { Rng, selectBackend, tf } from '@tsformer/core';
-import { originalMatMul, registerWebGpuKernels, runMatMul, type TileChoice } from '@tsformer/kernels-webgpu';
+import { originalMatMul, registerWebGpuKernels, runMatMul, setMatMulPolicy, type MatMulPolicy, type TileChoice } from '@tsformer/kernels-webgpu';
 import { gpt2Model, profileGpu, topPrograms } from './gpu-common.js';
 import { AdamW, sparseCrossEntropy, trainStep, type Batch } from '@tsformer/train';
 
@@ -46,6 +46,9 @@ if (dawnToggles) {
 const info = await selectBackend('webgpu', { webgpuModule });
 registerWebGpuKernels();
 if (submitBatch > 0) tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch);
+// --policy '{"nn":{"block":128}}': route the matmul transpose combinations (setMatMulPolicy)
+const policyArg = arg('policy', '');
+if (policyArg) setMatMulPolicy(JSON.parse(policyArg) as MatMulPolicy);
 console.log(`backend ${info.name} (${info.detail}); dawn toggles '${dawnToggles}'; submit batch ${tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE')}`);
 
 interface Counters {
@@ -288,6 +291,7 @@ console.log(
     return [value, ...Object.values(grads)];
   });
   console.log(`forward+backward GPU time ${p.kernelMs.toFixed(0)} ms: ${topPrograms(p.by, 40)}`);
+  if (policyArg) console.log(`matmul policy ${policyArg}`);
   if (byShape) {
     const mms = [...p.by].filter(([k]) => k.startsWith('tsf_matmul '));
     console.log(`matmuls by shape: ${mms.reduce((acc, [, v]) => acc + v, 0).toFixed(1)} ms in ${mms.length} shapes\n| product | GPU ms per step |\n|---|---:|\n${mms.sort((x, y) => y[1] - x[1]).map(([k, v]) => `| ${k.slice(11)} | ${v.toFixed(2)} |`).join('\n')}`);
