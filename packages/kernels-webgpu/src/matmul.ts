@@ -1,6 +1,6 @@
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, run, type WebGpuBackendLike } from './program.js';
+import { type KernelProgram, cachedProgram, run, type KernelProgramArgs, type WebGpuBackendLike } from './program.js';
 
 /**
  * A register-tiled fp32 BatchMatMul for webgpu, replacing tfjs-backend-webgpu's for the shapes it
@@ -112,7 +112,13 @@ export function matMulCombo(transA: boolean, transB: boolean): MatMulCombo {
   return `${transA ? 't' : 'n'}${transB ? 't' : 'n'}` as MatMulCombo;
 }
 
+/** The kernel for a shape and tile choice (its WGSL built once per distinct key). */
 function program(s: MatMulShape, t: Tiles): KernelProgram {
+  const key = `tsf_matmul_${s.batch}_${s.batchA}_${s.batchB}_${s.M}_${s.N}_${s.K}_${s.transA}_${s.transB}_${t.BM}x${t.BN}x${t.BK}_${t.TM}x${t.TN}_${t.order}_${t.split}${t.unroll ? '_u' : ''}`;
+  return cachedProgram(key, () => programArgs(s, t, key));
+}
+
+function programArgs(s: MatMulShape, t: Tiles, key: string): KernelProgramArgs {
   const { M, N, K, transA, transB } = s;
   const { BM, BN, BK, TM, TN, order } = t;
   const TX = BN / TN; // threads along n (16)
@@ -231,8 +237,8 @@ function program(s: MatMulShape, t: Tiles): KernelProgram {
 
   const regDecl = [...Array.from({ length: aQuads }, (_, l) => `var ra${l} = vec4<f32>(0.0);`), ...Array.from({ length: bQuads }, (_, l) => `var rb${l} = vec4<f32>(0.0);`)].join(' ');
 
-  return new KernelProgram({
-    key: `tsf_matmul_${s.batch}_${s.batchA}_${s.batchB}_${M}_${N}_${K}_${transA}_${transB}_${BM}x${BN}x${BK}_${TM}x${TN}_${order}_${split}${t.unroll ? '_u' : ''}`,
+  return {
+    key,
     outputShape: [split * s.batch, M, N],
     inputs: ['A', 'B'],
     components: [vecA ? 4 : 1, vecB ? 4 : 1],
@@ -287,7 +293,7 @@ function program(s: MatMulShape, t: Tiles): KernelProgram {
         }
         ${write.join('\n        ')}
       }`,
-  });
+  };
 }
 
 /** The shape of a BatchMatMul call, or undefined when this kernel does not take it. */
@@ -329,10 +335,15 @@ export function runMatMul(be: WebGpuBackendLike, a: TensorInfo, b: TensorInfo, t
 
 /** The sum of `split` partial products of `size` elements each, vec4 wide where size allows. */
 function sumSlicesProgram(split: number, size: number): KernelProgram {
+  const key = `tsf_matmul_sum_${split}_${size}`;
+  return cachedProgram(key, () => sumSlicesArgs(split, size, key));
+}
+
+function sumSlicesArgs(split: number, size: number, key: string): KernelProgramArgs {
   const vec = size % 4 === 0;
   const n = vec ? size / 4 : size;
-  return new KernelProgram({
-    key: `tsf_matmul_sum_${split}_${size}`,
+  return {
+    key,
     outputShape: [size],
     inputs: ['P'],
     components: [vec ? 4 : 1],
@@ -346,7 +357,7 @@ function sumSlicesProgram(split: number, size: number): KernelProgram {
         for (var sp = 1u; sp < ${split}u; sp++) { acc += P[sp * ${n}u + i]; }
         ${vec ? 'result[4u * i] = acc.x; result[4u * i + 1u] = acc.y; result[4u * i + 2u] = acc.z; result[4u * i + 3u] = acc.w;' : 'result[i] = acc;'}
       }`,
-  });
+  };
 }
 
 let original: KernelConfig | undefined;

@@ -83,6 +83,26 @@ export class KernelProgram {
   }
 }
 
+/** What a KernelProgram is made from. */
+export type KernelProgramArgs = ConstructorParameters<typeof KernelProgram>[0];
+
+const builtPrograms = new Map<string, KernelProgramArgs>();
+
+/**
+ * A KernelProgram for `key`, its WGSL built by `build` only the first time the key is seen (a
+ * matmul's body took tens of µs of JS to build, 219 times per GPT-2-small step). A fresh instance
+ * each call: tfjs writes `dispatch` and `shaderKey` into the programs it runs.
+ */
+export function cachedProgram(key: string, build: () => KernelProgramArgs): KernelProgram {
+  let args = builtPrograms.get(key);
+  if (!args) {
+    args = build();
+    if (args.key !== key) throw new Error(`cachedProgram: built ${args.key} for ${key}`);
+    builtPrograms.set(key, args);
+  }
+  return new KernelProgram(args);
+}
+
 /** Runs a program on the webgpu backend and returns its float32 output. */
 export function run(backend: WebGpuBackendLike, program: KernelProgram, inputs: TensorInfo[], uniforms?: UniformData): TensorInfo {
   return backend.runWebGPUProgram(program, inputs, 'float32', uniforms);
@@ -215,6 +235,9 @@ export function runMultiOutput(backend: WebGpuBackendLike, p: MultiOutputProgram
   return outs;
 }
 
+/** runPacked's renamed bodies by key (the renaming is regular expressions over the whole WGSL). */
+const renamedBodies = new Map<string, string>();
+
 /**
  * Runs a KernelProgram with several outputs (`shapes`, in order) as one dispatch writing each to its
  * own tensor. Its body writes output 0 as `result[i]` and output j > 0 as `result_j[i]`, each
@@ -228,16 +251,21 @@ export function runPacked(backend: WebGpuBackendLike, program: KernelProgram, in
   if (sizes.reduce((a, b) => a + b, 0) !== program.outputShape.reduce((a, b) => a * b, 1)) {
     throw new Error(`${program.shaderKey}: outputs of ${sizes} elements for a packed result of ${program.outputShape}`);
   }
-  const body = program.body.replace(/\bresult_(\d+)\[/g, (_, j: string) => {
-    if (Number(j) >= shapes.length || j === '0') throw new Error(`${program.shaderKey}: result_${j} names no output (${shapes.length} outputs)`);
-    return `R${j}[`;
-  });
-  const renamed = body.replace(/\bresult\[/g, 'R0[');
-  if (/\bresult\b/.test(renamed)) throw new Error(`${program.shaderKey}: a use of result that runPacked cannot rename`);
+  const key = `${program.shaderKey}_packed_${sizes.join('_')}`;
+  let renamed = renamedBodies.get(key);
+  if (renamed === undefined) {
+    const body = program.body.replace(/\bresult_(\d+)\[/g, (_, j: string) => {
+      if (Number(j) >= shapes.length || j === '0') throw new Error(`${program.shaderKey}: result_${j} names no output (${shapes.length} outputs)`);
+      return `R${j}[`;
+    });
+    renamed = body.replace(/\bresult\[/g, 'R0[');
+    if (/\bresult\b/.test(renamed)) throw new Error(`${program.shaderKey}: a use of result that runPacked cannot rename`);
+    renamedBodies.set(key, renamed);
+  }
   return runMultiOutput(
     backend,
     {
-      key: `${program.shaderKey}_packed_${sizes.join('_')}`,
+      key,
       inputs: program.variableNames,
       components: program.variableComponents,
       outputs: shapes.map((shape, j) => ({ name: `R${j}`, shape })),
