@@ -419,13 +419,17 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
  * Which kernels run: `v1` (one thread per query or key row; every head dim), `v2`
  * (attention-v2.ts: register-blocked micro-tiles, FlashAttention-2 backward; head dims that are
  * multiples of 32 whose tiles fit the device's workgroup memory, else v1), or `mixed` (the
- * default): v1's forward and dQ kernels with v2's dK/dV kernel. On the H100 (B=8, H=12, D=64,
- * GPU ms per call, gpu-attn.ts) v2's dK/dV beat v1's at every T (T=1024: 4.98 against 7.54;
- * T=4096: 81.6 against 104.0) while v1's forward (1.70 against 3.54) and dQ (2.56 against 4.33)
- * beat v2's; the mixed set took 9.2 ms per forward+backward at T=1024 where v1 took 11.8 and v2 12.9.
+ * default): v1's dQ kernel with v2's dK/dV kernel, and v2's forward up to T = 512, v1's beyond.
+ * On the H100 (B=8, H=12, D=64, GPU ms per call, gpu-attn.ts, Dawn robustness off) v2's dK/dV beat
+ * v1's at every T (T=1024: 3.21 against 7.27; T=2048: 12.85 against 26.54) and v1's dQ beat v2's
+ * (T=512: 0.59 against 0.66; T=1024: 1.90 against 2.49); v2's forward was faster at T=512 (0.46
+ * against 0.59) and slower from T=1024 (1.84 against 1.70; T=2048: 7.41 against 5.90).
  * The kernels of both generations read and write the same layouts, so they combine freely.
  */
 export type FlashAttentionImpl = 'v1' | 'v2' | 'mixed';
+
+/** The longest sequence for which the mixed set runs v2's forward. */
+const MIXED_V2_FORWARD_T = 512;
 
 let impl: FlashAttentionImpl = 'mixed';
 
@@ -456,7 +460,8 @@ export function registerFlashAttention(): void {
         const { q, k, v, slopes } = inputs as Record<string, TensorInfo>;
         const d = dimsOf(q!, k!);
         const r = attrsOf(attrs!);
-        const R = impl === 'v2' ? v2Rows(d.D, limits(be)[0]) : undefined; // mixed: v1's forward
+        // mixed: v2's forward up to T = MIXED_V2_FORWARD_T, v1's beyond
+        const R = impl === 'v2' || (impl === 'mixed' && d.T <= MIXED_V2_FORWARD_T) ? v2Rows(d.D, limits(be)[0]) : undefined;
         const program = R ? forwardProgramV2(d, r, R) : forwardProgram(d, r, ...limits(be));
         // o [B, T, H, D] and the row log-sum-exp [B, H, T], one dispatch
         return runPacked(be, program, [q!, k!, v!, slopes!], [
