@@ -48,17 +48,13 @@ const THREADS = 256;
 
 /** Tile configuration for a shape on a device with `limit` bytes of workgroup memory. */
 export function matMulTiles(s: MatMulShape, limit: number, force: TileChoice = {}): Tiles {
-  const blocks128 = s.batch * Math.ceil(s.M / 128) * Math.ceil(s.N / 128);
-  // 128-blocks when there are enough of them to fill the GPU (132 SMs on an H100)
-  const big = force.block ? force.block === 128 : blocks128 >= 128;
-  // 64 x 128 blocks (4 x 8 per thread) by default where blocks are plentiful: on the H100 (gpu-host.ts,
-  // GPT-2-small shapes at 4096 tokens) they ran 5-50% faster than 128 x 128 on 11 of 15 products
-  // (lm head dX 22.5 -> 34.1 TFLOP/s) and within 3% on the others.
-  // Also where blocks are few: the weight gradients of 768 x 768 layers (768 x 4096 x 768, 48 per
-  // GPT-2-small step) took 10.9 ms of GPU per step as 64 x 64 blocks with K split in 4 (21 TFLOP/s
-  // in the step, gpu-host.ts --by-shape); 64 x 128 with K split in 8 ran faster in the isolated table.
+  // 64 x 128 blocks (4 x 8 per thread) by default, 64 x 64 when C is narrower than 128 columns. On the
+  // H100 (gpu-host.ts, GPT-2-small shapes at 4096 tokens) 64 x 128 ran 5-50% faster than 128 x 128 on
+  // 11 of 15 products (lm head dX 22.5 -> 34.1 TFLOP/s) and within 3% on the others; in the training
+  // step (gpu-host.ts --by-shape, --policy) no other tile choice did better, and the 768 x 4096 x 768
+  // weight gradients went 10.9 -> 8.9 ms per step against 64 x 64 blocks with K split in 4.
   const BM = force.bm ?? force.block ?? 64;
-  const BN = force.bn ?? force.block ?? (big || s.N >= 128 ? 128 : 64);
+  const BN = force.bn ?? force.block ?? (s.N >= 128 ? 128 : 64);
   // 16 x 16 threads, each a (BM / 16) x (BN / 16) micro-tile
   const [TM, TN] = [BM / 16, BN / 16];
   const bytes = (bk: number) => 2 * bk * (BM + BN) * 4 + 16; // two buffers of A and B slices, + wgShared
