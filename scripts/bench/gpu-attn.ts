@@ -14,7 +14,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { FLASH_ATTENTION, flashAttention, kernelActive, registerWebGpuKernels, type FlashAttentionOptions } from '@tsformer/kernels-webgpu';
-import { setFlashAttentionImpl, type FlashAttentionImpl } from '@tsformer/kernels-webgpu';
+import { setFlashAttentionImpl, setV2Tuning, type FlashAttentionImpl } from '@tsformer/kernels-webgpu';
 import { profileGpu, releasePool, timer } from './gpu-common.js';
 import { geometricSlopes, relRms } from '../../packages/kernels-webgpu/src/checks.js';
 
@@ -27,7 +27,11 @@ const Ts = arg('T', '512,1024,2048,4096').split(',').map(Number);
 const B = Number(arg('B', '8'));
 const H = Number(arg('H', '12'));
 const D = Number(arg('D', '64'));
-const impls = arg('impl', 'v1,v2,mixed').split(',') as FlashAttentionImpl[];
+/**
+ * Kernel sets; suffixes change the v2 kernels' code generation (setV2Tuning): `-np` without
+ * prefetching the next block, `-arr` with per-thread arrays (e.g. v2-np-arr).
+ */
+const impls = arg('impl', 'v1,v2,mixed').split(',');
 /** Seconds of timed repetitions per measurement (after a warm-up and a probe). */
 const budgetMs = Number(arg('budget', '2')) * 1000;
 /** Sequence length of the v2-against-v1 agreement lines. */
@@ -49,8 +53,10 @@ interface Row {
   programs: string;
 }
 
-async function measure(T: number, impl: FlashAttentionImpl): Promise<Row> {
-  setFlashAttentionImpl(impl);
+async function measure(T: number, impl: string): Promise<Row> {
+  const [set, ...flags] = impl.split('-');
+  setFlashAttentionImpl(set as FlashAttentionImpl);
+  setV2Tuning({ prefetch: !flags.includes('np'), scalars: !flags.includes('arr') });
   const q = tf.randomNormal([B, T, H, D]);
   const k = tf.randomNormal([B, T, H, D]);
   const v = tf.randomNormal([B, T, H, D]);
@@ -133,7 +139,7 @@ async function main(): Promise<void> {
     console.log(`  GQA (Hkv=${Hkv}), window 300, ALiBi: ${await agreement(checkT, Hkv, { window: 300, alibiSlopes: geometricSlopes(H) })}`);
     console.log(`  sigmoid (bias -log T), window 512: ${await agreement(checkT, H, { score: 'sigmoid', sigmoidBias: -Math.log(checkT), window: 512 })}`);
   }
-  setFlashAttentionImpl('mixed');
+  setFlashAttentionImpl('v2');
 }
 
 await main();

@@ -42,6 +42,50 @@ export function v2Rows(D: number, limit: number): 4 | 2 | undefined {
   return undefined;
 }
 
+/** Code-generation choices of the v2 kernels (for A/B runs; the defaults are the measured best). */
+export interface V2Tuning {
+  /** Read the next block's tiles into registers while computing the current one (default true). */
+  prefetch: boolean;
+  /** Per-thread arrays (score and accumulator micro-tiles) as separate variables (default true). */
+  scalars: boolean;
+}
+
+const tuning: V2Tuning = { prefetch: true, scalars: true };
+
+/** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
+export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
+  const prev = { ...tuning };
+  Object.assign(tuning, next);
+  return prev;
+}
+
+const tuningKey = (t: V2Tuning) => (t.prefetch ? 1 : 0) + (t.scalars ? 2 : 0);
+
+/**
+ * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
+ * `x[constant]`) as N separate variables x_0 .. x_{N-1}: nothing then asks the driver's compiler
+ * to keep an indexable array in registers.
+ */
+export function scalarizeArrays(body: string, names: string[]): string {
+  let out = body;
+  for (const name of names) {
+    const decl = new RegExp(`var ${name}: array<(.+?), (\\d+)>;`, 'g');
+    out = out.replace(decl, (_m, type: string, n: string) =>
+      range(Number(n))
+        .map((i) => `var ${name}_${i}: ${type};`)
+        .join(' '),
+    );
+    out = out.replace(new RegExp(`\\b${name}\\[(\\d+)\\]`, 'g'), `${name}_$1`);
+    if (new RegExp(`\\b${name}\\[`).test(out)) throw new Error(`scalarizeArrays: ${name} has a non-constant index`);
+  }
+  return out;
+}
+
+/** The per-thread arrays of the v2 kernels. */
+const THREAD_ARRAYS = ['s', 'dp', 'o', 'dq', 'dk', 'dv', 'm', 'l'];
+
+const v2Body = (t: V2Tuning, body: string) => (t.scalars ? scalarizeArrays(body, THREAD_ARRAYS) : body);
+
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
@@ -62,12 +106,49 @@ function tileConstants(d: Dims, R: number): string {
   `;
 }
 
-/** Copies BB rows of a [B, T, heads, D] tensor (rows r0.., head hd) into a padded tile; rows past T repeat row T - 1. */
-function loadTile(tile: string, src: string, heads: string, r0: string, scale = ''): string {
-  return `for (var e = localIndex; e < BB * D4; e += ${THREADS}u) {
-          let rr = e / D4; let c = e % D4;
-          let row = min(${r0} + rr, T - 1u);
-          ${tile}[rr * RS + c] = ${src}[((b * T + row) * ${heads} + hd) * D4 + c]${scale};
+/**
+ * Tile moves in two halves, so that a thread's global loads are all in flight at once and can be
+ * issued a whole block ahead (software pipelining): `fetch` reads BB rows of a [B, T, heads, D]
+ * tensor (rows r0.., head hd; rows past T repeat row T - 1) into registers `reg0..`, `stash` writes
+ * them into a padded tile. Each of the THREADS threads moves BB D4 / THREADS vec4 (an integer:
+ * BB is a multiple of 16 and D4 of 8).
+ */
+interface TileMove {
+  /** Register name prefix. */
+  reg: string;
+  /** vec4 per thread. */
+  n: number;
+}
+
+function tileMove(reg: string, BB: number, D: number): TileMove {
+  return { reg, n: (BB * D) / 4 / THREADS };
+}
+
+function declareRegs(m: TileMove): string {
+  return range(m.n)
+    .map((i) => `var ${m.reg}${i}: vec4<f32>;`)
+    .join(' ');
+}
+
+function fetchTile(m: TileMove, src: string, heads: string, r0: string, scale = ''): string {
+  return range(m.n)
+    .map((i) => `{ let e = localIndex + ${i * THREADS}u; ${m.reg}${i} = ${src}[((b * T + min(${r0} + e / D4, T - 1u)) * ${heads} + hd) * D4 + e % D4]${scale}; }`)
+    .join('\n        ');
+}
+
+function stashTile(m: TileMove, tile: string): string {
+  return range(m.n)
+    .map((i) => `{ let e = localIndex + ${i * THREADS}u; ${tile}[(e / D4) * RS + e % D4] = ${m.reg}${i}; }`)
+    .join('\n        ');
+}
+
+/** Copies BB rows into a padded tile now (a fetch then a stash in one scope). */
+function loadTile(tile: string, src: string, heads: string, r0: string, BB: number, D: number, scale = ''): string {
+  const m = tileMove(`ld_${tile}`, BB, D);
+  return `{
+        ${declareRegs(m)}
+        ${fetchTile(m, src, heads, r0, scale)}
+        ${stashTile(m, tile)}
         }`;
 }
 
@@ -102,6 +183,78 @@ function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string,
         }`;
 }
 
+/**
+ * The head of the forward's and dQ's loop over key blocks j0 (kLo, kHi and g in scope): K and V
+ * tiles into ks and vs, between barriers. With `prefetch` the next block's rows are read into
+ * registers right after the stash, so their global loads overlap this block's arithmetic.
+ */
+function keyBlocks(BB: number, D: number, prefetch: boolean): string {
+  const k = tileMove('kr', BB, D);
+  const v = tileMove('vr', BB, D);
+  const fetch = (r0: string) => `{ let hd = g; ${fetchTile(k, 'K', 'HKV', r0)}
+        ${fetchTile(v, 'V', 'HKV', r0)} }`;
+  const stash = `${stashTile(k, 'ks')}
+        ${stashTile(v, 'vs')}`;
+  if (!prefetch) {
+    return `${declareRegs(k)} ${declareRegs(v)}
+        for (var j0 = (kLo / BB) * BB; j0 < kHi; j0 += BB) {
+          workgroupBarrier();
+          ${fetch('j0')}
+          ${stash}
+          workgroupBarrier();`;
+  }
+  return `${declareRegs(k)} ${declareRegs(v)}
+        let jFirst = (kLo / BB) * BB;
+        ${fetch('jFirst')}
+        for (var j0 = jFirst; j0 < kHi; j0 += BB) {
+          workgroupBarrier();
+          ${stash}
+          workgroupBarrier();
+          if (j0 + BB < kHi) { let jn = j0 + BB; ${fetch('jn')} }`;
+}
+
+/**
+ * The head of the dK/dV kernel's loop over (query head, query block): the blocks [jLo, iHi) of each
+ * of the G query heads of kv head g as one sequence it = hh NI + n (h, i0 and slope in scope), the q
+ * (scaled) and dO tiles into qs and dos, lse and delta into lset and deltat. With `prefetch` the
+ * next pair's rows are read into registers while this one is computed.
+ */
+function queryBlocks(BB: number, D: number, prefetch: boolean): string {
+  const q = tileMove('qr', BB, D);
+  const o = tileMove('or', BB, D);
+  const fetch = (hExpr: string, r0: string) => `{ let hd = ${hExpr}; ${fetchTile(q, 'Q', 'H', r0, ' * SCALE')}
+        ${fetchTile(o, 'DO', 'H', r0)}
+        if (localIndex < BB) {
+          let row = (b * H + hd) * T + min(${r0} + localIndex, T - 1u);
+          lseR = LSE[row];
+          deltaR = select(DELTA[row], 0.0, SIGMOID);
+        } }`;
+  const stash = `${stashTile(q, 'qs')}
+        ${stashTile(o, 'dos')}
+        if (localIndex < BB) { lset[localIndex] = lseR; deltat[localIndex] = deltaR; }`;
+  const head = `${declareRegs(q)} ${declareRegs(o)} var lseR = 0.0; var deltaR = 0.0;
+        let NI = (iHi - jLo + BB - 1u) / BB;`;
+  const position = `let h = g * G + it / NI; let i0 = jLo + (it % NI) * BB;
+          let slope = select(0.0, S[h], ALIBI);`;
+  if (!prefetch) {
+    return `${head}
+        for (var it = 0u; it < G * NI; it++) {
+          ${position}
+          workgroupBarrier();
+          ${fetch('h', 'i0')}
+          ${stash}
+          workgroupBarrier();`;
+  }
+  return `${head}
+        ${fetch('g * G', 'jLo')}
+        for (var it = 0u; it < G * NI; it++) {
+          ${position}
+          workgroupBarrier();
+          ${stash}
+          workgroupBarrier();
+          if (it + 1u < G * NI) { let hn = g * G + (it + 1u) / NI; let inext = jLo + ((it + 1u) % NI) * BB; ${fetch('hn', 'inext')} }`;
+}
+
 /** The scheduling order: blocks of equal weight together, the heaviest first. */
 function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
   return `let blk = wg / (B * ${heads});
@@ -117,7 +270,8 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
  * over the 8 threads of a row at the end); P^T into workgroup memory; then o = o corr + P V on the
  * accumulator tile (rows ty R + r).
  */
-export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
+export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuning): KernelProgram {
+  const prefetch = t.prefetch;
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
@@ -126,13 +280,13 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram
       .flatMap((a) => range(R).map((b) => f(a, b)))
       .join('\n          ');
   return new KernelProgram({
-    key: keyOf('tsf_fa2_fwd', d, r, [R]),
+    key: keyOf('tsf_fa2_fwd', d, r, [R, tuningKey(t)]),
     outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
     inputs: ['Q', 'K', 'V', 'S'],
     components: [4, 4, 4, 1],
     threads: THREADS,
     numGroups: d.B * d.H * NB,
-    body: `
+    body: v2Body(t, `
       ${constants(d, r)}
       ${tileConstants(d, R)}
       var<workgroup> qs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
@@ -153,7 +307,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram
         let ty = localIndex / 8u;
         let iLo = blkIdx * BB;
         let slope = select(0.0, S[h], ALIBI);
-        ${loadTile('qs', 'Q', 'H', 'iLo', ' * SCALE')}
+        ${loadTile('qs', 'Q', 'H', 'iLo', BB, d.D, ' * SCALE')}
         var o: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `o[${i}] = vec4<f32>(0.0);`).join(' ')}
         // rows ty + 8a: running max, partial running sum over keys tx + 8b
         var m: array<f32, ${R}>;
@@ -164,14 +318,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram
         let kHi = min(T, iLo + BB);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        for (var j0 = (kLo / BB) * BB; j0 < kHi; j0 += BB) {
-          workgroupBarrier();
-          {
-            let hd = g;
-            ${loadTile('ks', 'K', 'HKV', 'j0')}
-            ${loadTile('vs', 'V', 'HKV', 'j0')}
-          }
-          workgroupBarrier();
+        ${keyBlocks(BB, d.D, prefetch)}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           ${scoreTile('s', 'qs', 'ks', R)}
           ${each(
@@ -248,7 +395,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram
         }`,
           )
           .join('\n        ')}
-      }`,
+      }`),
   });
 }
 
@@ -256,18 +403,19 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number): KernelProgram
  * dQ: per (b, h, query block), q (scaled) and dO resident; per key block S and dP (R x R per
  * thread), dS = P (dP - delta) into workgroup memory as dS^T, then dq += dS K; dq = scale * that.
  */
-export function dqProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
+export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuning): KernelProgram {
+  const prefetch = t.prefetch;
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
   return new KernelProgram({
-    key: keyOf('tsf_fa2_dq', d, r, [R]),
+    key: keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t)]),
     outputShape: [d.B, d.T, d.H, d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
     threads: THREADS,
     numGroups: d.B * d.H * NB,
-    body: `
+    body: v2Body(t, `
       ${constants(d, r)}
       ${dsSnippet}
       ${tileConstants(d, R)}
@@ -290,8 +438,8 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
         let ty = localIndex / 8u;
         let iLo = blkIdx * BB;
         let slope = select(0.0, S[h], ALIBI);
-        ${loadTile('qs', 'Q', 'H', 'iLo', ' * SCALE')}
-        ${loadTile('dos', 'DO', 'H', 'iLo')}
+        ${loadTile('qs', 'Q', 'H', 'iLo', BB, d.D, ' * SCALE')}
+        ${loadTile('dos', 'DO', 'H', 'iLo', BB, d.D)}
         if (localIndex < BB) {
           let i = min(iLo + localIndex, T - 1u);
           lset[localIndex] = LSE[(b * H + h) * T + i];
@@ -301,14 +449,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
         let kHi = min(T, iLo + BB);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        for (var j0 = (kLo / BB) * BB; j0 < kHi; j0 += BB) {
-          workgroupBarrier();
-          {
-            let hd = g;
-            ${loadTile('ks', 'K', 'HKV', 'j0')}
-            ${loadTile('vs', 'V', 'HKV', 'j0')}
-          }
-          workgroupBarrier();
+        ${keyBlocks(BB, d.D, prefetch)}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
           ${scoreTile('s', 'qs', 'ks', R)}
@@ -348,7 +489,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
         }`,
           )
           .join('\n        ')}
-      }`,
+      }`),
   });
 }
 
@@ -357,18 +498,19 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
  * head of the kv head and each query block that sees the keys: S^T and dP^T (R x R per thread, keys
  * by queries), P^T and dS^T into workgroup memory, then dv += P^T dO and dk += dS^T (scale q).
  */
-export function dkvProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
+export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuning): KernelProgram {
+  const prefetch = t.prefetch;
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
   return new KernelProgram({
-    key: keyOf('tsf_fa2_dkv', d, r, [R]),
+    key: keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t)]),
     outputShape: [2 * d.B * d.T * d.HKV * d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
     threads: THREADS,
     numGroups: d.B * d.HKV * NB,
-    body: `
+    body: v2Body(t, `
       ${constants(d, r)}
       ${dsSnippet}
       ${tileConstants(d, R)}
@@ -391,29 +533,14 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
         let tx = localIndex % 8u;
         let ty = localIndex / 8u;
         let jLo = blkIdx * BB;
-        ${loadTile('ks', 'K', 'HKV', 'jLo')}
-        ${loadTile('vs', 'V', 'HKV', 'jLo')}
+        ${loadTile('ks', 'K', 'HKV', 'jLo', BB, d.D)}
+        ${loadTile('vs', 'V', 'HKV', 'jLo', BB, d.D)}
         var dk: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dk[${i}] = vec4<f32>(0.0);`).join(' ')}
         var dv: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dv[${i}] = vec4<f32>(0.0);`).join(' ')}
         // queries that see this key block: [jLo, iHi)
         var iHi = T;
         if (WINDOW > 0u) { iHi = min(T, jLo + BB - 1u + WINDOW); }
-        for (var hh = 0u; hh < G; hh++) {
-          let h = g * G + hh;
-          let slope = select(0.0, S[h], ALIBI);
-          for (var i0 = jLo; i0 < iHi; i0 += BB) {
-            workgroupBarrier();
-            {
-              let hd = h;
-              ${loadTile('qs', 'Q', 'H', 'i0', ' * SCALE')}
-              ${loadTile('dos', 'DO', 'H', 'i0')}
-            }
-            if (localIndex < BB) {
-              let i = min(i0 + localIndex, T - 1u);
-              lset[localIndex] = LSE[(b * H + h) * T + i];
-              deltat[localIndex] = select(DELTA[(b * H + h) * T + i], 0.0, SIGMOID);
-            }
-            workgroupBarrier();
+        ${queryBlocks(BB, d.D, prefetch)}
             var s: array<f32, ${R * R}>; ${zero('s', R * R)}
             var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
             ${scoreTile('s', 'ks', 'qs', R)}
@@ -441,7 +568,6 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
               ['dv', 'pt', 'dos'],
               ['dk', 'dst', 'qs'],
             ])}
-          }
         }
         ${range(R)
           .map(
@@ -460,6 +586,6 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number): KernelProgram {
         }`,
           )
           .join('\n        ')}
-      }`,
+      }`),
   });
 }

@@ -121,6 +121,28 @@ function fitTile(cap: number, bytes: (n: number) => number, limit: number): numb
 }
 
 /**
+ * The K and V tiles of key block j0 into kt and vt (BC rows of kv head g, rows past T repeating row
+ * T - 1), unrolled: every global load of a thread is issued before the first store into workgroup
+ * memory (a loop of load-then-store waits on each load in turn).
+ */
+function kvTileLoad(BC: number, D4: number, threads: number): string {
+  const total = BC * D4;
+  const rounds = Math.ceil(total / threads);
+  const lines: string[] = [];
+  for (let n = 0; n < rounds; n++) {
+    lines.push(`let e${n} = localIndex + ${n * threads}u; let src${n} = ((b * T + min(j0 + e${n} / D4, T - 1u)) * HKV + g) * D4 + e${n} % D4;`);
+    lines.push(`let k${n} = K[src${n}]; let v${n} = V[src${n}];`);
+  }
+  for (let n = 0; n < rounds; n++) {
+    const store = `kt[e${n}] = k${n}; vt[e${n}] = v${n};`;
+    lines.push((n + 1) * threads > total ? `if (e${n} < ${total}u) { ${store} }` : store);
+  }
+  return `{
+          ${lines.join('\n          ')}
+          }`;
+}
+
+/**
  * Forward: one thread per query row; a workgroup takes BR consecutive queries of one (b, h) and
  * walks the key tiles it can see, K and V tiles of BC rows in shared memory. Heavy (late) query
  * blocks are scheduled first. Output: o [B, T, H, D] then lse [B, H, T], packed in one buffer.
@@ -165,12 +187,7 @@ function forwardProgram(d: Dims, r: Resolved, limit: number, maxThreads: number)
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
         for (var j0 = (kLo / BC) * BC; j0 < kHi; j0 += BC) {
-          for (var e = localIndex; e < BC * D4; e += BR) {
-            let j = min(j0 + e / D4, T - 1u);
-            let src = ((b * T + j) * HKV + g) * D4 + e % D4;
-            kt[e] = K[src];
-            vt[e] = V[src];
-          }
+          ${kvTileLoad(BC, d.D / 4, BR)}
           workgroupBarrier();
           var s: array<f32, BC>;
           var mt = m;
@@ -287,12 +304,7 @@ function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ker
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
         for (var j0 = (kLo / BC) * BC; j0 < kHi; j0 += BC) {
-          for (var e = localIndex; e < BC * D4; e += BR) {
-            let j = min(j0 + e / D4, T - 1u);
-            let src = ((b * T + j) * HKV + g) * D4 + e % D4;
-            kt[e] = K[src];
-            vt[e] = V[src];
-          }
+          ${kvTileLoad(BC, d.D / 4, BR)}
           workgroupBarrier();
           for (var jt = 0u; jt < BC; jt++) {
             let j = j0 + jt;
@@ -416,22 +428,20 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
 }
 
 /**
- * Which kernels run: `v1` (one thread per query or key row; every head dim), `v2`
- * (attention-v2.ts: register-blocked micro-tiles, FlashAttention-2 backward; head dims that are
- * multiples of 32 whose tiles fit the device's workgroup memory, else v1), or `mixed` (the
- * default): v1's dQ kernel with v2's dK/dV kernel, and v2's forward up to T = 512, v1's beyond.
- * On the H100 (B=8, H=12, D=64, GPU ms per call, gpu-attn.ts, Dawn robustness off) v2's dK/dV beat
- * v1's at every T (T=1024: 3.21 against 7.27; T=2048: 12.85 against 26.54) and v1's dQ beat v2's
- * (T=512: 0.59 against 0.66; T=1024: 1.90 against 2.49); v2's forward was faster at T=512 (0.46
- * against 0.59) and slower from T=1024 (1.84 against 1.70; T=2048: 7.41 against 5.90).
+ * Which kernels run: `v2` (the default; attention-v2.ts: register-blocked micro-tiles, the next
+ * block's tiles read into registers while the current one is computed, FlashAttention-2 backward;
+ * head dims that are multiples of 32 whose tiles fit the device's workgroup memory, else v1), `v1`
+ * (one thread per query or key row; every head dim), or `mixed` (v1's dQ kernel with v2's forward
+ * and dK/dV kernels). On the H100 (B=8, H=12, D=64, GPU ms per call, gpu-attn.ts, 2026-11-23, after
+ * v2's tile loads were batched and pipelined) v2 ran forward+backward in 1.51 / 5.51 / 21.4 / 84.1 ms
+ * at T = 512 / 1024 / 2048 / 4096 against v1's 3.34 / 10.75 / 39.7 / 151 and mixed's 1.64 / 6.42 /
+ * 23.5 / 90.9; per kernel at T=1024 v2's forward, dQ and dK/dV took 1.11, 1.70 and 2.69 ms against
+ * v1's 1.70, 1.84 and 7.21 (T=4096: v2's dQ 25.8 against v1's 24.8, the only kernel v1 still wins).
  * The kernels of both generations read and write the same layouts, so they combine freely.
  */
 export type FlashAttentionImpl = 'v1' | 'v2' | 'mixed';
 
-/** The longest sequence for which the mixed set runs v2's forward. */
-const MIXED_V2_FORWARD_T = 512;
-
-let impl: FlashAttentionImpl = 'mixed';
+let impl: FlashAttentionImpl = 'v2';
 
 /** Selects the kernels of later calls (forward and backward alike); returns the previous choice. */
 export function setFlashAttentionImpl(next: FlashAttentionImpl): FlashAttentionImpl {
@@ -460,8 +470,7 @@ export function registerFlashAttention(): void {
         const { q, k, v, slopes } = inputs as Record<string, TensorInfo>;
         const d = dimsOf(q!, k!);
         const r = attrsOf(attrs!);
-        // mixed: v2's forward up to T = MIXED_V2_FORWARD_T, v1's beyond
-        const R = impl === 'v2' || (impl === 'mixed' && d.T <= MIXED_V2_FORWARD_T) ? v2Rows(d.D, limits(be)[0]) : undefined;
+        const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0]) : undefined;
         const program = R ? forwardProgramV2(d, r, R) : forwardProgram(d, r, ...limits(be));
         // o [B, T, H, D] and the row log-sum-exp [B, H, T], one dispatch
         return runPacked(be, program, [q!, k!, v!, slopes!], [
@@ -482,7 +491,7 @@ export function registerFlashAttention(): void {
         const delta = r.sigmoid ? lse! : run(be, deltaProgram(d, r), [o!, dy!]);
         const ins = [q!, k!, v!, slopes!, dy!, lse!, delta];
         const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0]) : undefined;
-        // mixed: v1's dQ, v2's dK/dV
+        // mixed: v1's dQ
         const dq = run(be, R && impl === 'v2' ? dqProgramV2(d, r, R) : dqProgram(d, r, ...limits(be)), ins);
         const kvShape = [d.B, d.T, d.HKV, d.D];
         // dk and dv [B, T, Hkv, D], one dispatch

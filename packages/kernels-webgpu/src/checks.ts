@@ -1,5 +1,6 @@
 import { fused, tf } from '@tsformer/core';
-import { FLASH_ATTENTION, flashAttention, flashAttentionComposite, setFlashAttentionImpl, type FlashAttentionOptions } from './attention.js';
+import { FLASH_ATTENTION, flashAttention, flashAttentionComposite, setFlashAttentionImpl, type FlashAttentionImpl, type FlashAttentionOptions } from './attention.js';
+import { setV2Tuning, type V2Tuning } from './attention-v2.js';
 import { kernelActive } from './program.js';
 import { RMS_NORM, rmsNorm, rmsNormComposite } from './rmsnorm.js';
 import { ROPE, rope, ropeComposite, type RopeLayout } from './rope.js';
@@ -688,16 +689,25 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
   let n = 0;
   const k = opts.scale ?? 1;
   for (const c of attentionCases(k)) push(await checkAttention(c, seed + 10 * n++));
-  // the default (mixed) set runs v1's forward and dQ with v2's dK/dV; every generation is checked
-  for (const gen of ['v1', 'v2'] as const) {
+  // the default set (v2) ran every case above; the other sets and v2's other code generation
+  // choices (setV2Tuning) on the first cases
+  const variants: Array<[label: string, impl: FlashAttentionImpl, tuning: Partial<V2Tuning>, cases: number]> = [
+    ['v1', 'v1', {}, 2],
+    ['mixed', 'mixed', {}, 2],
+    ['v2 without prefetch', 'v2', { prefetch: false }, 1],
+    ['v2 with per-thread arrays', 'v2', { scalars: false }, 1],
+  ];
+  for (const [label, gen, tuning, cases] of variants) {
     const prev = setFlashAttentionImpl(gen);
+    const prevTuning = setV2Tuning(tuning);
     try {
-      for (const c of attentionCases(k).slice(0, 2)) {
+      for (const c of attentionCases(k).slice(0, cases)) {
         const r = await checkAttention(c, seed + 10 * n++);
-        push({ ...r, name: `${r.name} (${gen})` });
+        push({ ...r, name: `${r.name} (${label})` });
       }
     } finally {
       setFlashAttentionImpl(prev);
+      setV2Tuning(prevTuning);
     }
   }
   push(await checkRmsNorm(26 * k, 40, false, seed + 10 * n++));

@@ -1,0 +1,39 @@
+import { describe, expect, it } from 'vitest';
+import { dkvProgramV2, dqProgramV2, forwardProgramV2, scalarizeArrays } from './attention-v2.js';
+
+// Code generation of the v2 attention kernels (their arithmetic is checked in Chromium and on the H100).
+
+describe('scalarizeArrays', () => {
+  it('turns constant-indexed per-thread arrays into separate variables', () => {
+    const body = 'var s: array<f32, 3>; s[0] = 0.0; s[2] = s[1] + qs[4]; var o: array<vec4<f32>, 2>; o[1] = vec4<f32>(s[0]);';
+    expect(scalarizeArrays(body, ['s', 'o'])).toBe(
+      'var s_0: f32; var s_1: f32; var s_2: f32; s_0 = 0.0; s_2 = s_1 + qs[4]; var o_0: vec4<f32>; var o_1: vec4<f32>; o_1 = vec4<f32>(s_0);',
+    );
+  });
+
+  it('refuses an array indexed by an expression', () => {
+    expect(() => scalarizeArrays('var s: array<f32, 4>; s[i] = 1.0;', ['s'])).toThrow(/s has a non-constant index/);
+  });
+});
+
+describe('v2 kernel bodies', () => {
+  const d = { B: 2, T: 100, H: 4, HKV: 2, D: 64 };
+  const r = { sigmoid: false, sigmoidBias: 0, window: 0, scale: 0.125, alibi: false };
+  for (const [name, make] of [
+    ['forward', forwardProgramV2],
+    ['dq', dqProgramV2],
+    ['dkv', dkvProgramV2],
+  ] as const) {
+    it(`${name}: no per-thread arrays with scalars, arrays without; prefetch changes the program key`, () => {
+      const scalars = make(d, r, 4, { prefetch: true, scalars: true });
+      const arrays = make(d, r, 4, { prefetch: true, scalars: false });
+      const plain = make(d, r, 4, { prefetch: false, scalars: true });
+      expect(scalars.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l): array</);
+      expect(arrays.body).toMatch(/var (s|dp): array</);
+      expect(new Set([scalars.shaderKey, arrays.shaderKey, plain.shaderKey]).size).toBe(3);
+      // the prefetching loop reads the next block's rows inside the loop, behind a bound check
+      expect(scalars.body).toMatch(/if \((j0 \+ BB < kHi|it \+ 1u < G \* NI)\)/);
+      expect(plain.body).not.toMatch(/if \((j0 \+ BB < kHi|it \+ 1u < G \* NI)\)/);
+    });
+  }
+});
