@@ -1,4 +1,4 @@
-import { KernelProgram } from './program.js';
+import { KernelProgram, cachedProgram } from './program.js';
 import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attention-common.js';
 
 /**
@@ -279,8 +279,9 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = 
     range(R)
       .flatMap((a) => range(R).map((b) => f(a, b)))
       .join('\n          ');
-  return new KernelProgram({
-    key: keyOf('tsf_fa2_fwd', d, r, [R, tuningKey(t)]),
+  const key = keyOf('tsf_fa2_fwd', d, r, [R, tuningKey(t)]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
     inputs: ['Q', 'K', 'V', 'S'],
     components: [4, 4, 4, 1],
@@ -396,7 +397,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = 
           )
           .join('\n        ')}
       }`),
-  });
+  }));
 }
 
 /**
@@ -408,8 +409,9 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tunin
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
-  return new KernelProgram({
-    key: keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t)]),
+  const key = keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t)]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.T, d.H, d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
@@ -490,7 +492,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tunin
           )
           .join('\n        ')}
       }`),
-  });
+  }));
 }
 
 /**
@@ -503,8 +505,9 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuni
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
-  return new KernelProgram({
-    key: keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t)]),
+  const key = keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t)]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [2 * d.B * d.T * d.HKV * d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
@@ -587,5 +590,5 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuni
           )
           .join('\n        ')}
       }`),
-  });
+  }));
 }

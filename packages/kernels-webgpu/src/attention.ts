@@ -1,6 +1,6 @@
 import type { TensorInfo, NamedAttrMap } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, runPacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, kernelActive, run, runPacked, type WebGpuBackendLike } from './program.js';
 import { attrsOf, constants, dimsOf, dsSnippet, keyOf, type Dims, type Resolved } from './attention-common.js';
 import { dkvProgramV2, dqProgramV2, forwardProgramV2, v2Rows } from './attention-v2.js';
 
@@ -151,8 +151,9 @@ function forwardProgram(d: Dims, r: Resolved, limit: number, maxThreads: number)
   const BR = Math.min(64, maxThreads);
   const BC = fitTile(32, (n) => 2 * n * d.D * 4 + 16, limit);
   const NQB = Math.ceil(d.T / BR);
-  return new KernelProgram({
-    key: keyOf('tsf_fa_fwd', d, r, [BR, BC]),
+  const key = keyOf('tsf_fa_fwd', d, r, [BR, BC]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
     inputs: ['Q', 'K', 'V', 'S'],
     components: [4, 4, 4, 1],
@@ -229,14 +230,15 @@ function forwardProgram(d: Dims, r: Resolved, limit: number, maxThreads: number)
           result_1[(b * H + h) * T + i] = select(m + log(l), 0.0, SIGMOID);
         }
       }`,
-  });
+  }));
 }
 
 /** delta_i = dO_i . O_i per (b, h, i), [B, H, T] (softmax backward only). */
 function deltaProgram(d: Dims, r: Resolved): KernelProgram {
   const threads = 128;
-  return new KernelProgram({
-    key: keyOf('tsf_fa_delta', d, r, [threads]),
+  const key = keyOf('tsf_fa_delta', d, r, [threads]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.H, d.T],
     inputs: ['O', 'DO'],
     components: [4, 4],
@@ -253,7 +255,7 @@ function deltaProgram(d: Dims, r: Resolved): KernelProgram {
         for (var c = 0u; c < D4; c++) { x += dot(O[base + c], DO[base + c]); }
         result[n] = x;
       }`,
-  });
+  }));
 }
 
 /**
@@ -265,8 +267,9 @@ function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ker
   const own = BR * (d.D / 4 + 1) * 16; // the dO rows, one padded row per thread
   const BC = fitTile(32, (n) => 2 * n * d.D * 4 + own + 16, limit);
   const NQB = Math.ceil(d.T / BR);
-  return new KernelProgram({
-    key: keyOf('tsf_fa_dq', d, r, [BR, BC]),
+  const key = keyOf('tsf_fa_dq', d, r, [BR, BC]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.T, d.H, d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
@@ -327,7 +330,7 @@ function dqProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ker
           }
         }
       }`,
-  });
+  }));
 }
 
 /**
@@ -344,8 +347,9 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
   while (BQ > 4 && bytes(BK, BQ) > limit) BQ /= 2;
   while (BK > 8 && bytes(BK, BQ) > limit) BK /= 2;
   const NKB = Math.ceil(d.T / BK);
-  return new KernelProgram({
-    key: keyOf('tsf_fa_dkv', d, r, [BK, BQ]),
+  const key = keyOf('tsf_fa_dkv', d, r, [BK, BQ]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [2 * d.B * d.T * d.HKV * d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
@@ -424,7 +428,7 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
           }
         }
       }`,
-  });
+  }));
 }
 
 /**

@@ -1,6 +1,6 @@
 import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, run, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, run, type WebGpuBackendLike } from './program.js';
 
 /**
  * Cumsum for webgpu. tfjs-backend-webgpu 4.22's CumProgram bakes the scanned axis' length into
@@ -13,8 +13,9 @@ import { KernelProgram, run, type WebGpuBackendLike } from './program.js';
  */
 function cumsumProgram(outer: number, L: number, inner: number, exclusive: boolean, reverse: boolean): KernelProgram {
   const threads = 64;
-  return new KernelProgram({
-    key: `tsf_cumsum_${outer}_${L}_${inner}_${exclusive}_${reverse}`,
+  const key = `tsf_cumsum_${outer}_${L}_${inner}_${exclusive}_${reverse}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [outer * L * inner],
     inputs: ['X'],
     threads,
@@ -32,7 +33,7 @@ function cumsumProgram(outer: number, L: number, inner: number, exclusive: boole
           ${exclusive ? 'result[base + l * INNER] = acc; acc += x;' : 'acc += x; result[base + l * INNER] = acc;'}
         }
       }`,
-  });
+  }));
 }
 
 let original: KernelConfig | undefined;

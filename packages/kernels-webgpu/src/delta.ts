@@ -1,6 +1,6 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { customOp, tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Chunked DeltaNet and Gated DeltaNet on webgpu: the chunked (WY/UT) form of `@tsformer/ops`
@@ -279,8 +279,9 @@ const wgPrelude = `
  * sum_{j <= i < r} L_ri X_ij, its column in registers.
  */
 function solveProgram(M: number, C: number): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_delta_solve_${M}_${C}`,
+  const key = `tsf_delta_solve_${M}_${C}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [M, C, C],
     inputs: ['L'],
     threads: C,
@@ -304,7 +305,7 @@ function solveProgram(M: number, C: number): KernelProgram {
         }
         for (var r = 0u; r < C; r++) { result[(m * C + r) * C + j] = x[r]; }
       }`,
-  });
+  }));
 }
 
 interface RecurDims {

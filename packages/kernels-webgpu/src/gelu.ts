@@ -1,6 +1,6 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, kernelActive, run, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused GELU, tanh approximation (GPT-2's MLP activation), forward and backward as one
@@ -52,8 +52,9 @@ function program(n: number, grad: boolean): KernelProgram {
   const comps = tail ? [4, 4] : [1, 1];
   // result is a scalar array (tfjs binds it as array<f32>)
   const store = `for (var k = 0u; k < 4u; k++) { if (4u * i + k < ${n}u) { result[4u * i + k] = r[k]; } }`;
-  return new KernelProgram({
-    key: `tsf_gelu_${grad ? 'bwd' : 'fwd'}_${n}`,
+  const key = `tsf_gelu_${grad ? 'bwd' : 'fwd'}_${n}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [n],
     inputs: grad ? ['X', 'DY'] : ['X'],
     components: grad ? comps : comps.slice(0, 1),
@@ -71,7 +72,7 @@ function program(n: number, grad: boolean): KernelProgram {
         let r = dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x));` : 'let r = 0.5 * x * (1.0 + t);'}
         ${store}
       }`,
-  });
+  }));
 }
 
 /** The output of a vec4 program is [n/4] vec4s: hand it back as the caller's shape. */

@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, runPacked, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, f32, kernelActive, run, runPacked, type WebGpuBackendLike } from './program.js';
 
 /**
  * Chunked gated linear attention (GLA) on webgpu, forward and backward, no T x T tensor. The
@@ -140,8 +140,9 @@ function constants(d: Dims, scale: number): string {
 function cumgateProgram(d: Dims): KernelProgram {
   const threads = 128;
   const n = d.B * d.NC * d.H * d.K;
-  return new KernelProgram({
-    key: keyOf('tsf_gla_cumgate', d, []),
+  const key = keyOf('tsf_gla_cumgate', d, []);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.T, d.H, d.K],
     inputs: ['G'],
     threads,
@@ -155,7 +156,7 @@ function cumgateProgram(d: Dims): KernelProgram {
         var acc = 0.0;
         for (var t = n * C; t < n * C + chunkLen(n); t++) { acc += G[ik(b, t, h, c)]; result[ik(b, t, h, c)] = acc; }
       }`,
-  });
+  }));
 }
 
 /**
@@ -169,8 +170,9 @@ function cumgateProgram(d: Dims): KernelProgram {
 function chunkSumProgram(d: Dims, scale: number, backward: boolean): KernelProgram {
   const NCT = Math.ceil(d.K / 16);
   const NVT = Math.ceil(d.V / 16);
-  return new KernelProgram({
-    key: keyOf('tsf_gla_chunksum', d, [scale, backward]),
+  const key = keyOf('tsf_gla_chunksum', d, [scale, backward]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.H, d.NC, d.K, d.V],
     inputs: ['X', 'Y', 'BC'],
     threads: 256,
@@ -212,7 +214,7 @@ function chunkSumProgram(d: Dims, scale: number, backward: boolean): KernelProgr
         for (var j = 0u; j < len; j++) { acc += xs[j * 16u + ty] * ys[j * 16u + tx]; }
         if (c < K && v < V) { result[(((bh * NC + n) * K + c) * V) + v] = acc; }
       }`,
-  });
+  }));
 }
 
 /**
@@ -227,8 +229,9 @@ function chunkSumProgram(d: Dims, scale: number, backward: boolean): KernelProgr
 function carryProgram(d: Dims, backward: boolean, hasE: boolean): KernelProgram {
   const threads = 64;
   const n = d.B * d.H * d.K * d.V;
-  return new KernelProgram({
-    key: keyOf('tsf_gla_carry', d, [backward, hasE]),
+  const key = keyOf('tsf_gla_carry', d, [backward, hasE]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.H, d.NC + 1, d.K, d.V],
     inputs: ['U', 'BC', 'E'],
     threads,
@@ -253,7 +256,7 @@ function carryProgram(d: Dims, backward: boolean, hasE: boolean): KernelProgram 
         }
         if (!BACKWARD) { result[ist(bh, NC, c, v)] = s; }
       }`,
-  });
+  }));
 }
 
 /** The states entering every chunk (or their gradients, backward): chunk sums, then the carry. */
@@ -285,8 +288,9 @@ function intraProgram(d: Dims, scale: number, transposed: boolean): KernelProgra
   const RA = d.C / 16;
   const NVT = Math.ceil(d.V / 64);
   const SL = d.C * d.C; // offset of the staged slices
-  return new KernelProgram({
-    key: keyOf('tsf_gla_intra', d, [scale, transposed]),
+  const key = keyOf('tsf_gla_intra', d, [scale, transposed]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.T, d.H, d.V],
     inputs: ['QQ', 'KK', 'Y', 'BC', 'M'],
     threads: 256,
@@ -406,7 +410,7 @@ function intraProgram(d: Dims, scale: number, transposed: boolean): KernelProgra
           }
         }
       }`,
-  });
+  }));
 }
 
 /** Floats of workgroup memory of `dqk`: dA [C, C] (later the dg terms [C, 64]), then slices. */
@@ -424,8 +428,9 @@ function dqkProgram(d: Dims, scale: number): KernelProgram {
   const NCT = Math.ceil(d.K / 64);
   const SL = Math.max(d.C * d.C, d.C * 64);
   const n = d.B * d.T * d.H * d.K;
-  return new KernelProgram({
-    key: keyOf('tsf_gla_dqk', d, [scale]),
+  const key = keyOf('tsf_gla_dqk', d, [scale]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [3 * n],
     inputs: ['QQ', 'KK', 'VV', 'BC', 'DO', 'ST', 'DS'],
     threads: 256,
@@ -584,15 +589,16 @@ function dqkProgram(d: Dims, scale: number): KernelProgram {
           }
         }
       }`,
-  });
+  }));
 }
 
 /** The state entering chunk n of every (b, h) (n = NC: the final state): [B, H, NS, K, V] -> [B, H, K, V]. */
 function takeStateProgram(d: Dims, at: number): KernelProgram {
   const threads = 128;
   const n = d.B * d.H * d.K * d.V;
-  return new KernelProgram({
-    key: keyOf('tsf_gla_take', d, [at]),
+  const key = keyOf('tsf_gla_take', d, [at]);
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [d.B, d.H, d.K, d.V],
     inputs: ['S'],
     threads,
@@ -604,7 +610,7 @@ function takeStateProgram(d: Dims, at: number): KernelProgram {
         if (i >= B * H * K * V) { return; }
         result[i] = S[((i / (K * V)) * NS + ${at}u) * K * V + i % (K * V)];
       }`,
-  });
+  }));
 }
 
 function limitOf(backend: WebGpuBackendLike): number {

@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, runMultiOutput, workgroupSumWgsl, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, f32, kernelActive, run, runMultiOutput, workgroupSumWgsl, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused LayerNorm over the last axis (GPT-2's norm):
@@ -57,8 +57,9 @@ function rowStats(eps: number): string {
 }
 
 function forwardProgram(N: number, D: number, eps: number, hasBias: boolean): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_ln_fwd_${N}_${D}_${eps}_${hasBias}`,
+  const key = `tsf_ln_fwd_${N}_${D}_${eps}_${hasBias}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [N, D],
     inputs: hasBias ? ['X', 'W', 'BS'] : ['X', 'W'],
     threads: THREADS,
@@ -77,7 +78,7 @@ function forwardProgram(N: number, D: number, eps: number, hasBias: boolean): Ke
           result[n * D + d] = (X[n * D + d] - st.x) * st.y * W[d]${hasBias ? ' + BS[d]' : ''};
         }
       }`,
-  });
+  }));
 }
 
 /**
@@ -121,8 +122,9 @@ function dxProgram(N: number, D: number, eps: number): MultiOutputProgram {
 /** Stage 1 of dweight and dbias: partial column sums over C chunks of rows, [C, 2D] = [dw part | db part]. */
 function partialProgram(N: number, D: number, C: number): KernelProgram {
   const rowsPer = Math.ceil(N / C);
-  return new KernelProgram({
-    key: `tsf_ln_dwb1_${N}_${D}_${C}`,
+  const key = `tsf_ln_dwb1_${N}_${D}_${C}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [C, 2 * D],
     inputs: ['X', 'S', 'DY'],
     threads: 64,
@@ -143,7 +145,7 @@ function partialProgram(N: number, D: number, C: number): KernelProgram {
         result[c * 2u * D + d] = dw;
         result[c * 2u * D + D + d] = db;
       }`,
-  });
+  }));
 }
 
 /** Stage 2: the sums over the C partial rows -> dweight [D] and dbias [D]. */

@@ -1,6 +1,6 @@
 import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, run, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, run, type WebGpuBackendLike } from './program.js';
 
 /**
  * A two-stage `Sum` for webgpu. tfjs-backend-webgpu 4.22 reduces each output element in a single
@@ -15,8 +15,9 @@ const THREADS = 256;
 
 function partialProgram(batch: number, n: number): KernelProgram {
   const C = Math.ceil(n / CHUNK);
-  return new KernelProgram({
-    key: `tsf_sum_partial_${batch}_${n}`,
+  const key = `tsf_sum_partial_${batch}_${n}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [batch, C],
     inputs: ['X'],
     threads: THREADS,
@@ -41,7 +42,7 @@ function partialProgram(batch: number, n: number): KernelProgram {
         }
         if (localIndex == 0u) { result[wg] = red[0]; }
       }`,
-  });
+  }));
 }
 
 /** Whether `axes` (normalized) are the trailing axes of a rank-`rank` tensor. */

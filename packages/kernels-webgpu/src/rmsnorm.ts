@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, f32, kernelActive, run, runMultiOutput, workgroupSumWgsl, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, f32, kernelActive, run, runMultiOutput, workgroupSumWgsl, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused RMSNorm over the last axis, optionally gated (the output norm of GLA / DeltaNet layers):
@@ -54,8 +54,9 @@ function header(N: number, D: number, eps: number, gated: boolean): string {
 }
 
 function forwardProgram(N: number, D: number, eps: number, gated: boolean): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_rms_fwd_${N}_${D}_${eps}_${gated}`,
+  const key = `tsf_rms_fwd_${N}_${D}_${eps}_${gated}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [N * D],
     inputs: gated ? ['X', 'W', 'GATE'] : ['X', 'W'],
     threads: THREADS,
@@ -74,7 +75,7 @@ function forwardProgram(N: number, D: number, eps: number, gated: boolean): Kern
           result[n * D + d] = y;
         }
       }`,
-  });
+  }));
 }
 
 /**
@@ -125,8 +126,9 @@ function dxProgram(N: number, D: number, eps: number, gated: boolean): MultiOutp
 /** dweight, stage 1: partial column sums of dy xhat (* silu(g)) over chunks of rows: [C, D]. */
 function dwPartialProgram(N: number, D: number, C: number, gated: boolean): KernelProgram {
   const rowsPer = Math.ceil(N / C);
-  return new KernelProgram({
-    key: `tsf_rms_dw1_${N}_${D}_${C}_${gated}`,
+  const key = `tsf_rms_dw1_${N}_${D}_${C}_${gated}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [C, D],
     inputs: ['X', 'GATE', 'R', 'DY'],
     threads: 64,
@@ -146,13 +148,14 @@ function dwPartialProgram(N: number, D: number, C: number, gated: boolean): Kern
         }
         result[c * D + d] = acc;
       }`,
-  });
+  }));
 }
 
 /** dweight, stage 2: sum of the C partial rows. */
 function dwFinalProgram(D: number, C: number): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_rms_dw2_${D}_${C}`,
+  const key = `tsf_rms_dw2_${D}_${C}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [D],
     inputs: ['P'],
     threads: 64,
@@ -165,7 +168,7 @@ function dwFinalProgram(D: number, C: number): KernelProgram {
         for (var c = 0u; c < ${C}u; c++) { acc += P[c * ${D}u + d]; }
         result[d] = acc;
       }`,
-  });
+  }));
 }
 
 export function registerRmsNorm(): void {

@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, kernelActive, run, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused rotary embedding: x [B, T, H, D], per-position tables cos, sin [T, R/2] (angles, scaling
@@ -57,8 +57,9 @@ function ropeProgram(shape: number[], P: number, layout: RopeLayout, inverse: bo
   const rows = B * T * H;
   // one thread per (row, pair) for the rotated dims, then one per pass-through element
   const work = rows * P + rows * (D - 2 * P);
-  return new KernelProgram({
-    key: `tsf_rope_${B}_${T}_${H}_${D}_${P}_${layout}_${inverse}`,
+  const key = `tsf_rope_${B}_${T}_${H}_${D}_${P}_${layout}_${inverse}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: shape,
     inputs: ['X', 'COS', 'SIN'],
     threads,
@@ -87,7 +88,7 @@ function ropeProgram(shape: number[], P: number, layout: RopeLayout, inverse: bo
             : ''
         }
       }`,
-  });
+  }));
 }
 
 export function registerRope(): void {

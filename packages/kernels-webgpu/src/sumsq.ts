@@ -1,6 +1,6 @@
 import type { NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, kernelActive, run, type WebGpuBackendLike } from './program.js';
 
 /**
  * The sum of squares of many tensors together (the global gradient norm before clipping is its
@@ -59,8 +59,9 @@ function groupProgram(sizes: number[]): KernelProgram {
       }`,
     )
     .join('\n      ');
-  return new KernelProgram({
-    key: `tsf_sumsq_${sizes.join('_')}`,
+  const key = `tsf_sumsq_${sizes.join('_')}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [total],
     inputs: sizes.map((_, i) => `X${i}`),
     threads: THREADS,
@@ -83,7 +84,7 @@ function groupProgram(sizes: number[]): KernelProgram {
         }
         if (localIndex == 0u) { result[wg] = red[0]; }
       }`,
-  });
+  }));
 }
 
 export function registerSumSquares(): void {

@@ -1,6 +1,6 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
-import { KernelProgram, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
+import { KernelProgram, cachedProgram, kernelActive, run, runMultiOutput, type MultiOutputProgram, type WebGpuBackendLike } from './program.js';
 
 /**
  * Fused sparse cross-entropy: logits [N, V], int32 targets [N] -> mean over rows of
@@ -84,8 +84,9 @@ function forwardProgram(N: number, V: number): MultiOutputProgram {
 }
 
 function gradProgram(N: number, V: number): KernelProgram {
-  return new KernelProgram({
-    key: `tsf_xent_grad_${N}_${V}`,
+  const key = `tsf_xent_grad_${N}_${V}`;
+  return cachedProgram(key, () => ({
+    key,
     outputShape: [N, V],
     inputs: ['L', 'TGT', 'LSE', 'DY'],
     threads: THREADS,
@@ -98,7 +99,7 @@ function gradProgram(N: number, V: number): KernelProgram {
         let p = exp(L[i] - LSE[n]);
         result[i] = (p - select(0.0, 1.0, u32(TGT[n]) == v)) * DY[n];
       }`,
-  });
+  }));
 }
 
 export function registerSparseCrossEntropy(): void {
