@@ -15,7 +15,16 @@ if (!adapter) {
   const l = adapter.limits;
   const names = ['maxBufferSize', 'maxStorageBufferBindingSize', 'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup', 'maxStorageBuffersPerShaderStage'] as const;
   console.log(JSON.stringify({ info: { vendor: adapter.info.vendor, architecture: adapter.info.architecture, device: adapter.info.device, description: adapter.info.description }, limits: Object.fromEntries(names.map((n) => [n, l[n]])), features: [...adapter.features] }));
-  // the features Dawn offers once its unsafe APIs are allowed (is shader-f16 only gated?)
+  // the features Dawn offers once its unsafe APIs are allowed (is shader-f16 only gated?), and the
+  // cooperative-matrix shapes and component types behind chromium-experimental-subgroup-matrix
   const unsafe = await create(['enable-dawn-features=allow_unsafe_apis']).requestAdapter({ powerPreference: 'high-performance' });
-  console.log(JSON.stringify({ toggles: 'allow_unsafe_apis', features: unsafe ? [...unsafe.features] : null }));
+  const info = unsafe?.info as unknown as { subgroupMinSize?: number; subgroupMaxSize?: number; subgroupMatrixConfigs?: unknown[] } | undefined;
+  console.log(
+    JSON.stringify({
+      toggles: 'allow_unsafe_apis',
+      features: unsafe ? [...unsafe.features] : null,
+      subgroupSizes: [info?.subgroupMinSize, info?.subgroupMaxSize],
+      subgroupMatrixConfigs: info?.subgroupMatrixConfigs ?? null,
+    }),
+  );
 }

@@ -25,12 +25,16 @@ describe('v2 kernel bodies', () => {
     ['dkv', dkvProgramV2],
   ] as const) {
     it(`${name}: no per-thread arrays with scalars, arrays without; prefetch changes the program key`, () => {
-      const scalars = make(d, r, 4, { prefetch: true, scalars: true });
-      const arrays = make(d, r, 4, { prefetch: true, scalars: false });
-      const plain = make(d, r, 4, { prefetch: false, scalars: true });
+      const scalars = make(d, r, 4, { prefetch: true, scalars: true, fusedScores: false });
+      const arrays = make(d, r, 4, { prefetch: true, scalars: false, fusedScores: false });
+      const plain = make(d, r, 4, { prefetch: false, scalars: true, fusedScores: false });
+      const fused = make(d, r, 4, { prefetch: true, scalars: true, fusedScores: true });
       expect(scalars.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l): array</);
       expect(arrays.body).toMatch(/var (s|dp): array</);
-      expect(new Set([scalars.shaderKey, arrays.shaderKey, plain.shaderKey]).size).toBe(3);
+      expect(new Set([scalars.shaderKey, arrays.shaderKey, plain.shaderKey, fused.shaderKey]).size).toBe(4);
+      // the backward's fused score loop: S and dP accumulate in one loop over D (one loop fewer)
+      const loops = (b: string) => b.split('for (var c = 0u; c < D4; c++)').length - 1;
+      expect(loops(fused.body)).toBe(name === 'forward' ? loops(scalars.body) : loops(scalars.body) - 1);
       // the prefetching loop reads the next block's rows inside the loop, behind a bound check
       expect(scalars.body).toMatch(/if \((j0 \+ BB < kHi|it \+ 1u < G \* NI)\)/);
       expect(plain.body).not.toMatch(/if \((j0 \+ BB < kHi|it \+ 1u < G \* NI)\)/);

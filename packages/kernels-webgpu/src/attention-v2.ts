@@ -48,9 +48,14 @@ export interface V2Tuning {
   prefetch: boolean;
   /** Per-thread arrays (score and accumulator micro-tiles) as separate variables (default true). */
   scalars: boolean;
+  /**
+   * The backward's two score tiles (S and dP) in one loop over D instead of two (default true; on the
+   * H100 dQ 1.70 -> 1.57 ms and dK/dV 2.62 -> 2.56 ms at T=1024, 25.8 -> 24.0 and 41.5 -> 40.2 at 4096).
+   */
+  fusedScores: boolean;
 }
 
-const tuning: V2Tuning = { prefetch: true, scalars: true };
+const tuning: V2Tuning = { prefetch: true, scalars: true, fusedScores: true };
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
@@ -59,7 +64,7 @@ export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
   return prev;
 }
 
-const tuningKey = (t: V2Tuning) => (t.prefetch ? 1 : 0) + (t.scalars ? 2 : 0);
+const tuningKey = (t: V2Tuning) => (t.prefetch ? 1 : 0) + (t.scalars ? 2 : 0) + (t.fusedScores ? 4 : 0);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
@@ -156,10 +161,17 @@ function loadTile(tile: string, src: string, heads: string, r0: string, BB: numb
  * acc[a R + b] += A[row ty + 8a] . Bt[row tx + 8b] over D, both padded tiles (a score micro-tile).
  */
 function scoreTile(acc: string, A: string, Bt: string, R: number): string {
+  return scoreTiles([[acc, A, Bt]], R);
+}
+
+/** Several score micro-tiles (each acc += A . Bt as above) in one loop over D. */
+function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, R: number): string {
   const lines: string[] = [];
-  for (const a of range(R)) lines.push(`let a${a} = ${A}[(ty + ${8 * a}u) * RS + c];`);
-  for (const b of range(R)) lines.push(`let b${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
-  for (const a of range(R)) for (const b of range(R)) lines.push(`${acc}[${a * R + b}] += dot(a${a}, b${b});`);
+  parts.forEach(([acc, A, Bt], p) => {
+    for (const a of range(R)) lines.push(`let a${p}_${a} = ${A}[(ty + ${8 * a}u) * RS + c];`);
+    for (const b of range(R)) lines.push(`let b${p}_${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
+    for (const a of range(R)) for (const b of range(R)) lines.push(`${acc}[${a * R + b}] += dot(a${p}_${a}, b${p}_${b});`);
+  });
   return `for (var c = 0u; c < D4; c++) {
           ${lines.join('\n          ')}
         }`;
@@ -454,8 +466,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tunin
         ${keyBlocks(BB, d.D, prefetch)}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-          ${scoreTile('s', 'qs', 'ks', R)}
-          ${scoreTile('dp', 'dos', 'vs', R)}
+          ${t.fusedScores ? scoreTiles([['s', 'qs', 'ks'], ['dp', 'dos', 'vs']], R) : `${scoreTile('s', 'qs', 'ks', R)}\n${scoreTile('dp', 'dos', 'vs', R)}`}
           ${range(R)
             .map((a) =>
               range(R)
@@ -546,8 +557,7 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuni
         ${queryBlocks(BB, d.D, prefetch)}
             var s: array<f32, ${R * R}>; ${zero('s', R * R)}
             var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-            ${scoreTile('s', 'ks', 'qs', R)}
-            ${scoreTile('dp', 'vs', 'dos', R)}
+            ${t.fusedScores ? scoreTiles([['s', 'ks', 'qs'], ['dp', 'vs', 'dos']], R) : `${scoreTile('s', 'ks', 'qs', R)}\n${scoreTile('dp', 'vs', 'dos', R)}`}
             ${range(R)
               .map((a) =>
                 range(R)

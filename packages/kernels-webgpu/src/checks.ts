@@ -696,6 +696,7 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
     ['mixed', 'mixed', {}, 2],
     ['v2 without prefetch', 'v2', { prefetch: false }, 1],
     ['v2 with per-thread arrays', 'v2', { scalars: false }, 1],
+    ['v2 with separate score loops', 'v2', { fusedScores: false }, 1],
   ];
   for (const [label, gen, tuning, cases] of variants) {
     const prev = setFlashAttentionImpl(gen);
