@@ -28,9 +28,9 @@ const B = Number(arg('B', '8'));
 const H = Number(arg('H', '12'));
 const D = Number(arg('D', '64'));
 /**
- * Kernel sets; suffixes change the v2 kernels' code generation (setV2Tuning): `-np` without
- * prefetching the next block, `-arr` with per-thread arrays, `-fs` with the backward's score tiles
- * in one loop (e.g. v2-np-arr).
+ * Kernel sets; suffixes turn one of the v2 kernels' code-generation defaults off (setV2Tuning):
+ * `-np` no prefetching of the next block, `-arr` per-thread arrays, `-sep` the backward's score
+ * tiles in separate loops (e.g. v2-np-arr).
  */
 const impls = arg('impl', 'v1,v2,mixed').split(',');
 /** Seconds of timed repetitions per measurement (after a warm-up and a probe). */
@@ -57,7 +57,7 @@ interface Row {
 async function measure(T: number, impl: string): Promise<Row> {
   const [set, ...flags] = impl.split('-');
   setFlashAttentionImpl(set as FlashAttentionImpl);
-  setV2Tuning({ prefetch: !flags.includes('np'), scalars: !flags.includes('arr'), fusedScores: flags.includes('fs') });
+  setV2Tuning({ prefetch: !flags.includes('np'), scalars: !flags.includes('arr'), fusedScores: !flags.includes('sep') });
   const q = tf.randomNormal([B, T, H, D]);
   const k = tf.randomNormal([B, T, H, D]);
   const v = tf.randomNormal([B, T, H, D]);

@@ -18,13 +18,16 @@ if (!adapter) {
   // the features Dawn offers once its unsafe APIs are allowed (is shader-f16 only gated?), and the
   // cooperative-matrix shapes and component types behind chromium-experimental-subgroup-matrix
   const unsafe = await create(['enable-dawn-features=allow_unsafe_apis']).requestAdapter({ powerPreference: 'high-performance' });
-  const info = unsafe?.info as unknown as { subgroupMinSize?: number; subgroupMaxSize?: number; subgroupMatrixConfigs?: unknown[] } | undefined;
+  type Config = { componentType: string; resultComponentType: string; M: number; N: number; K: number };
+  const info = unsafe?.info as unknown as { subgroupMinSize?: number; subgroupMaxSize?: number; subgroupMatrixConfigs?: Config[] } | undefined;
+  // the configs' fields are getters (JSON.stringify sees none)
+  const configs = info?.subgroupMatrixConfigs?.map((c) => `${c.componentType} -> ${c.resultComponentType} ${c.M}x${c.N}x${c.K}`);
   console.log(
     JSON.stringify({
       toggles: 'allow_unsafe_apis',
       features: unsafe ? [...unsafe.features] : null,
       subgroupSizes: [info?.subgroupMinSize, info?.subgroupMaxSize],
-      subgroupMatrixConfigs: info?.subgroupMatrixConfigs ?? null,
+      subgroupMatrixConfigs: configs ?? null,
     }),
   );
 }
