@@ -2,16 +2,19 @@
  * The GPU benchmark (issue 7): one command, one table. Runs on the lent H100 through the kit:
  *
  *   npm run bench:gpu:kit        (the kit, then this entry and gpu-check bundled; docs/benchmarks.md has the device commands)
- *   device: python3 scripts/bench/attention_torch.py > $OUT/torch.jsonl; bash .gpu/run.sh gpu.mjs --torch $OUT/torch.jsonl
+ *   device: bash .gpu/run.sh gpu.mjs
  *   flags: --matmul 1024,2048,4096|none  --calibrate N|none  --no-attention  --no-linear  --gpt2 BxT[,BxT]|none
- *          --vocab V[,V] (default 50257,256)  --peer-dir DIR  --linear-torch FILE  --no-kernels
+ *          --vocab V[,V] (default 50257,256)  --no-kernels  --no-references
+ *          --torch FILE  --linear-torch FILE  --peer-dir DIR   (references measured earlier instead of now)
  *
- * Prints, for causal attention at B, H, D fixed and each T: our fused WGSL kernel, the tfjs composite
- * path (dense scores), and PyTorch (naive fp32, SDPA fp32, from the JSON lines of attention_torch.py),
- * forward and forward+backward in ms, with the ratios; the chunked linear attention table (GLA,
- * DeltaNet, Gated DeltaNet: our kernels, the composite, PyTorch; gpu-linear.ts); then training tokens/s
- * of a GPT-2-small-shaped model on our webgpu path against PyTorch eager fp32 and the peer. Every
- * number is measured in this run.
+ * First runs the references to completion in this command (gpu-references.ts): PyTorch
+ * (attention_torch.py, linear_torch.py through python3) and the peer (the kit's peer-gpu.mjs beside
+ * this bundle, on peer.txt); then prints, for causal attention at B, H, D fixed and each T: our fused
+ * WGSL kernel, the tfjs composite path (dense scores), and PyTorch (naive fp32, SDPA fp32), forward
+ * and forward+backward in ms, with the ratios; the chunked linear attention table (GLA, DeltaNet,
+ * Gated DeltaNet: our kernels, the composite, PyTorch; gpu-linear.ts); then training tokens/s of a
+ * GPT-2-small-shaped model on our webgpu path against PyTorch eager fp32 and the peer. Every number
+ * is measured in this run.
  */
 // bundled statically: a bundle cannot import the backend module by name at run time
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
@@ -34,6 +37,7 @@ import {
 import { AdamW, trainStep, type Batch } from '@tsformer/train';
 import { linearTable } from './gpu-linear.js';
 import { gpt2Model, profileGpu, releasePool, sync, timer, topPrograms } from './gpu-common.js';
+import { jsonLines, linearTorchReference, peerReference, torchReference, type JsonLine } from './gpu-references.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, dflt: string) => {
@@ -48,6 +52,8 @@ const gpt2 = arg('gpt2', '8x512,8x1024');
 const torchFile = arg('torch', '');
 /** A folder with the peer's JSON lines (@genai-fi/nanogpt trained in the same call), one file peer-BxT.jsonl per shape. */
 const peerDir = arg('peer-dir', '');
+/** The peer's training logs per `${b}x${T}` (from --peer-dir, or run by this command). */
+const peerLogs = new Map<string, string>();
 /** Model shape of the training measurement: layers, width, heads, vocabulary (GPT-2 small by default). */
 const [L, dModel, heads, vocab] = arg('model', '12,768,12,50257').split(',').map(Number) as [number, number, number, number];
 /** `webgpu` on the GPU; `cpu` (tiny sizes) smoke-tests this script anywhere. */
@@ -270,7 +276,7 @@ async function trainSteps(shape: TrainShape, steps: number): Promise<{ ms: numbe
  * peer (its JSON lines per BxT in --peer-dir, vocabulary 256).
  */
 async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> {
-  const vocabs = arg('vocab', args.includes('--model') ? String(vocab) : '50257,256').split(',').map(Number);
+  const vocabs = vocabList().split(',').map(Number);
   const shapes: TrainShape[] = [];
   for (const bt of gpt2.split(',')) {
     const [b, T] = bt.split('x').map(Number) as [number, number];
@@ -299,24 +305,58 @@ async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> 
 
 /** The peer's tokens/s at b x T from the wall-clock between its logged steps (its first log is warm-up). */
 function peerTokensPerSec(b: number, T: number): number | undefined {
-  const file = `${peerDir}/peer-${b}x${T}.jsonl`;
-  if (!peerDir || !existsSync(file)) return undefined;
-  const logs = readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{') && l.includes('wall_ms'))
-    .map((l) => JSON.parse(l) as { wall_ms: number; totalTokens: number });
+  const text = peerLogs.get(`${b}x${T}`);
+  if (!text) return undefined;
+  const logs = jsonLines(text).filter((l) => 'wall_ms' in l) as Array<{ wall_ms: number; totalTokens: number }>;
   if (logs.length < 3) return undefined;
   const a = logs[1]!;
   const z = logs[logs.length - 1]!;
   return ((z.totalTokens - a.totalTokens) / (z.wall_ms - a.wall_ms)) * 1000;
 }
 
+/** The vocabularies of the training table. */
+const vocabList = () => arg('vocab', args.includes('--model') ? String(vocab) : '50257,256');
+
+/** The GPT-2-small shapes [b, T] of the training table. */
+const gpt2Shapes = (): Array<[number, number]> => (gpt2 === 'none' ? [] : gpt2.split(',').map((bt) => bt.split('x').map(Number) as [number, number]));
+
+/**
+ * The references: files named on the command line, else (unless --no-references) run now, each to
+ * completion before this process touches the GPU.
+ */
+function references(): { torch: JsonLine[]; linear: JsonLine[] } {
+  const readLines = (f: string) => (existsSync(f) ? jsonLines(readFileSync(f, 'utf8')) : (console.log(`reference file ${f} not found`), []));
+  const run = !args.includes('--no-references') && backendName === 'webgpu';
+  const attention = !args.includes('--no-attention');
+  const linearOn = !args.includes('--no-linear');
+  const torch = torchFile
+    ? readLines(torchFile)
+    : run
+      ? torchReference({ T: attention ? Ts.join(',') : 'none', B, H, D, gpt2, vocab: vocabList(), matmul: matmulSizes })
+      : [];
+  const lt = arg('linear-torch', '');
+  const linear = lt
+    ? readLines(lt)
+    : run && linearOn
+      ? linearTorchReference({ T: arg('linear-T', '1024,4096,16384'), B: Number(arg('linear-B', '4')), H: Number(arg('linear-H', '8')), D: Number(arg('linear-D', '64')) })
+      : [];
+  if (peerDir) {
+    for (const [b, T] of gpt2Shapes()) {
+      const f = `${peerDir}/peer-${b}x${T}.jsonl`;
+      if (existsSync(f)) peerLogs.set(`${b}x${T}`, readFileSync(f, 'utf8'));
+    }
+  } else if (run && vocabList().split(',').includes('256') && gpt2Shapes().length > 0) {
+    for (const [k, v] of peerReference(gpt2Shapes(), { layers: L, width: dModel, heads })) peerLogs.set(k, v);
+  }
+  return { torch, linear };
+}
+
 async function main(): Promise<void> {
+  const { torch, linear } = references();
   const info = await selectBackend(backendName, { webgpuModule });
   // --no-kernels: tfjs's own ops only (the composite path; host uploads still through writeBuffer)
   if (!args.includes('--no-kernels')) registerWebGpuKernels();
   console.log(`backend: ${info.name} (${info.detail}); fused attention kernel active: ${kernelActive(FLASH_ATTENTION)}`);
-  const torch = torchFile && existsSync(torchFile) ? readFileSync(torchFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
   const tinfo = torch.find((r) => r.kind === 'info');
   if (tinfo) console.log(`torch ${tinfo.torch} on ${tinfo.device}`);
   const cal = arg('calibrate', 'none');
@@ -326,9 +366,7 @@ async function main(): Promise<void> {
   if (!args.includes('--no-attention')) await attentionTable(torch);
   releasePool();
   if (!args.includes('--no-linear')) {
-    const lt = arg('linear-torch', '');
-    const ltorch = lt && existsSync(lt) ? readFileSync(lt, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>) : [];
-    await linearTable({ Ts: arg('linear-T', '1024,4096,16384').split(',').map(Number), B: Number(arg('linear-B', '4')), H: Number(arg('linear-H', '8')), D: Number(arg('linear-D', '64')), time, torch: ltorch });
+    await linearTable({ Ts: arg('linear-T', '1024,4096,16384').split(',').map(Number), B: Number(arg('linear-B', '4')), H: Number(arg('linear-H', '8')), D: Number(arg('linear-D', '64')), time, torch: linear });
     releasePool();
   }
   if (gpt2 !== 'none') await trainTable(torch);
