@@ -17,6 +17,7 @@ describe('scalarizeArrays', () => {
 });
 
 describe('v2 kernel bodies', () => {
+  const all = (on: boolean) => ({ forward: on, dq: on, dkv: on });
   const d = { B: 2, T: 100, H: 4, HKV: 2, D: 64 };
   const r = { sigmoid: false, sigmoidBias: 0, window: 0, scale: 0.125, alibi: false };
   for (const [name, make] of [
@@ -25,10 +26,10 @@ describe('v2 kernel bodies', () => {
     ['dkv', dkvProgramV2],
   ] as const) {
     it(`${name}: no per-thread arrays with scalars, arrays without; prefetch changes the program key`, () => {
-      const scalars = make(d, r, 4, { prefetch: true, scalars: true, fusedScores: false });
-      const arrays = make(d, r, 4, { prefetch: true, scalars: false, fusedScores: false });
-      const plain = make(d, r, 4, { prefetch: false, scalars: true, fusedScores: false });
-      const fused = make(d, r, 4, { prefetch: true, scalars: true, fusedScores: true });
+      const scalars = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: false });
+      const arrays = make(d, r, 4, { prefetch: all(true), scalars: false, fusedScores: false });
+      const plain = make(d, r, 4, { prefetch: all(false), scalars: true, fusedScores: false });
+      const fused = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: true });
       expect(scalars.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l): array</);
       expect(arrays.body).toMatch(/var (s|dp): array</);
       expect(new Set([scalars.shaderKey, arrays.shaderKey, plain.shaderKey, fused.shaderKey]).size).toBe(4);

@@ -5,7 +5,7 @@ import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attenti
  * Register-blocked attention kernels (v2), FlashAttention-2 structure, fp32.
  *
  * Every kernel runs 64 threads as an 8 x 8 grid (tx = localIndex % 8, ty = localIndex / 8) on square
- * blocks of BB = 8 R queries by BB keys (R = 4 when workgroup memory allows, else 2). The operand
+ * blocks of BB = 8 R queries by BB keys (R = 2 by default, 16 x 16 blocks; R = 4 on request, see V2Tuning.rows). The operand
  * tiles (q, k, v, dO: BB rows x D) sit in workgroup memory in their row layout, rows padded to D + 4
  * floats so that 8 consecutive rows read at the same column hit 8 different bank quads.
  *
@@ -35,17 +35,29 @@ function bytesV2(D: number, R: number): number {
  * Rows per thread of the v2 kernels for head dim D on a device with `limit` bytes of workgroup
  * memory, or undefined when v2 does not take D (D must be a multiple of 32).
  */
-export function v2Rows(D: number, limit: number): 4 | 2 | undefined {
+export function v2Rows(D: number, limit: number, kernel?: V2Kernel): 4 | 2 | undefined {
   if (D % 32 !== 0) return undefined;
-  if (bytesV2(D, 4) <= limit) return 4;
+  // 16 x 16 blocks by default: on the H100 (B=8, H=12, D=64, GPU ms) they ran every kernel faster
+  // than 32 x 32 blocks, forward+backward 3.93 against 5.24 ms at T=1024 and 60.7 against 81.0 at
+  // T=4096: their workgroups take a third of the workgroup memory and registers, so about twice as
+  // many warps share an SM, and these kernels are bound by latency, not by workgroup-memory traffic
+  const asked = (kernel ? tuning.rows[kernel] : undefined) ?? 2;
+  if (asked === 4 && bytesV2(D, 4) <= limit) return 4;
   if (bytesV2(D, 2) <= limit) return 2;
   return undefined;
 }
 
+export type V2Kernel = 'forward' | 'dq' | 'dkv';
+
 /** Code-generation choices of the v2 kernels (for A/B runs; the defaults are the measured best). */
 export interface V2Tuning {
-  /** Read the next block's tiles into registers while computing the current one (default true). */
-  prefetch: boolean;
+  /**
+   * Per kernel: read the next block's tiles into registers while computing the current one. Default:
+   * forward and dQ yes, dK/dV no (H100, 16 x 16 blocks, GPU ms at T=1024 / 4096: dQ 1.18 / 17.8 with
+   * against 1.44 / 22.3 without; dK/dV 1.97 / 31.1 with against 1.70 / 27.2 without: its prefetch,
+   * q and dO, costs registers in the kernel that already holds the most).
+   */
+  prefetch: Record<V2Kernel, boolean>;
   /** Per-thread arrays (score and accumulator micro-tiles) as separate variables (default true). */
   scalars: boolean;
   /**
@@ -53,9 +65,14 @@ export interface V2Tuning {
    * H100 dQ 1.70 -> 1.57 ms and dK/dV 2.62 -> 2.56 ms at T=1024, 25.8 -> 24.0 and 41.5 -> 40.2 at 4096).
    */
   fusedScores: boolean;
+  /**
+   * Rows per thread per kernel: 2 (the default) for 16 x 16 blocks, 4 for 32 x 32 blocks where
+   * workgroup memory allows (fewer, larger workgroups).
+   */
+  rows: Partial<Record<V2Kernel, 2 | 4>>;
 }
 
-const tuning: V2Tuning = { prefetch: true, scalars: true, fusedScores: true };
+const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {} };
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
@@ -64,7 +81,10 @@ export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
   return prev;
 }
 
-const tuningKey = (t: V2Tuning) => (t.prefetch ? 1 : 0) + (t.scalars ? 2 : 0) + (t.fusedScores ? 4 : 0);
+/** The choices that change a kernel's WGSL (rows change it through R). */
+export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'>;
+
+const tuningKey = (t: V2CodeGen, kernel: V2Kernel) => (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (t.fusedScores ? 4 : 0);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
@@ -89,7 +109,7 @@ export function scalarizeArrays(body: string, names: string[]): string {
 /** The per-thread arrays of the v2 kernels. */
 const THREAD_ARRAYS = ['s', 'dp', 'o', 'dq', 'dk', 'dv', 'm', 'l'];
 
-const v2Body = (t: V2Tuning, body: string) => (t.scalars ? scalarizeArrays(body, THREAD_ARRAYS) : body);
+const v2Body = (t: V2CodeGen, body: string) => (t.scalars ? scalarizeArrays(body, THREAD_ARRAYS) : body);
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
@@ -282,8 +302,8 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
  * over the 8 threads of a row at the end); P^T into workgroup memory; then o = o corr + P V on the
  * accumulator tile (rows ty R + r).
  */
-export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuning): KernelProgram {
-  const prefetch = t.prefetch;
+export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
+  const prefetch = t.prefetch.forward;
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
@@ -291,7 +311,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = 
     range(R)
       .flatMap((a) => range(R).map((b) => f(a, b)))
       .join('\n          ');
-  const key = keyOf('tsf_fa2_fwd', d, r, [R, tuningKey(t)]);
+  const key = keyOf('tsf_fa2_fwd', d, r, [R, tuningKey(t, 'forward')]);
   return cachedProgram(key, () => ({
     key,
     outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
@@ -416,12 +436,12 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = 
  * dQ: per (b, h, query block), q (scaled) and dO resident; per key block S and dP (R x R per
  * thread), dS = P (dP - delta) into workgroup memory as dS^T, then dq += dS K; dq = scale * that.
  */
-export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuning): KernelProgram {
-  const prefetch = t.prefetch;
+export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
+  const prefetch = t.prefetch.dq;
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
-  const key = keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t)]);
+  const key = keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t, 'dq')]);
   return cachedProgram(key, () => ({
     key,
     outputShape: [d.B, d.T, d.H, d.D],
@@ -511,12 +531,12 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tunin
  * head of the kv head and each query block that sees the keys: S^T and dP^T (R x R per thread, keys
  * by queries), P^T and dS^T into workgroup memory, then dv += P^T dO and dk += dS^T (scale q).
  */
-export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2Tuning = tuning): KernelProgram {
-  const prefetch = t.prefetch;
+export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
+  const prefetch = t.prefetch.dkv;
   const BB = 8 * R;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / BB);
-  const key = keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t)]);
+  const key = keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t, 'dkv')]);
   return cachedProgram(key, () => ({
     key,
     outputShape: [2 * d.B * d.T * d.HKV * d.D],

@@ -474,7 +474,7 @@ export function registerFlashAttention(): void {
         const { q, k, v, slopes } = inputs as Record<string, TensorInfo>;
         const d = dimsOf(q!, k!);
         const r = attrsOf(attrs!);
-        const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0]) : undefined;
+        const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0], 'forward') : undefined;
         const program = R ? forwardProgramV2(d, r, R) : forwardProgram(d, r, ...limits(be));
         // o [B, T, H, D] and the row log-sum-exp [B, H, T], one dispatch
         return runPacked(be, program, [q!, k!, v!, slopes!], [
@@ -494,12 +494,12 @@ export function registerFlashAttention(): void {
         // delta is unused by the sigmoid variant; lse stands in for it (same shape).
         const delta = r.sigmoid ? lse! : run(be, deltaProgram(d, r), [o!, dy!]);
         const ins = [q!, k!, v!, slopes!, dy!, lse!, delta];
-        const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0]) : undefined;
-        // mixed: v1's dQ
-        const dq = run(be, R && impl === 'v2' ? dqProgramV2(d, r, R) : dqProgram(d, r, ...limits(be)), ins);
+        const Rq = impl === 'v2' ? v2Rows(d.D, limits(be)[0], 'dq') : undefined; // mixed: v1's dQ
+        const Rkv = impl !== 'v1' ? v2Rows(d.D, limits(be)[0], 'dkv') : undefined;
+        const dq = run(be, Rq ? dqProgramV2(d, r, Rq) : dqProgram(d, r, ...limits(be)), ins);
         const kvShape = [d.B, d.T, d.HKV, d.D];
         // dk and dv [B, T, Hkv, D], one dispatch
-        const [dk, dv] = runPacked(be, R ? dkvProgramV2(d, r, R) : dkvProgram(d, r, ...limits(be)), ins, [kvShape, kvShape]);
+        const [dk, dv] = runPacked(be, Rkv ? dkvProgramV2(d, r, Rkv) : dkvProgram(d, r, ...limits(be)), ins, [kvShape, kvShape]);
         if (!r.sigmoid) be.disposeData(delta.dataId);
         return [dq, dk!, dv!];
       },
