@@ -278,10 +278,7 @@ async function trainSteps(shape: TrainShape, steps: number): Promise<{ ms: numbe
 async function trainTable(torch: Array<Record<string, unknown>>): Promise<void> {
   const vocabs = vocabList().split(',').map(Number);
   const shapes: TrainShape[] = [];
-  for (const bt of gpt2.split(',')) {
-    const [b, T] = bt.split('x').map(Number) as [number, number];
-    for (const V of vocabs) shapes.push({ b, T, V });
-  }
+  for (const [b, T] of gpt2Shapes()) for (const V of vocabs) shapes.push({ b, T, V });
   const steps = Number(arg('steps', '5'));
   const rows: string[] = [];
   for (const s of shapes) {
@@ -314,6 +311,9 @@ function peerTokensPerSec(b: number, T: number): number | undefined {
   return ((z.totalTokens - a.totalTokens) / (z.wall_ms - a.wall_ms)) * 1000;
 }
 
+/** The shapes of the linear-attention table. */
+const linearDims = () => ({ Ts: arg('linear-T', '1024,4096,16384').split(',').map(Number), B: Number(arg('linear-B', '4')), H: Number(arg('linear-H', '8')), D: Number(arg('linear-D', '64')) });
+
 /** The vocabularies of the training table. */
 const vocabList = () => arg('vocab', args.includes('--model') ? String(vocab) : '50257,256');
 
@@ -338,7 +338,7 @@ function references(): { torch: JsonLine[]; linear: JsonLine[] } {
   const linear = lt
     ? readLines(lt)
     : run && linearOn
-      ? linearTorchReference({ T: arg('linear-T', '1024,4096,16384'), B: Number(arg('linear-B', '4')), H: Number(arg('linear-H', '8')), D: Number(arg('linear-D', '64')) })
+      ? linearTorchReference({ ...linearDims(), T: linearDims().Ts.join(',') })
       : [];
   if (peerDir) {
     for (const [b, T] of gpt2Shapes()) {
@@ -366,7 +366,7 @@ async function main(): Promise<void> {
   if (!args.includes('--no-attention')) await attentionTable(torch);
   releasePool();
   if (!args.includes('--no-linear')) {
-    await linearTable({ Ts: arg('linear-T', '1024,4096,16384').split(',').map(Number), B: Number(arg('linear-B', '4')), H: Number(arg('linear-H', '8')), D: Number(arg('linear-D', '64')), time, torch: linear });
+    await linearTable({ ...linearDims(), time, torch: linear });
     releasePool();
   }
   if (gpt2 !== 'none') await trainTable(torch);

@@ -5,8 +5,8 @@ import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attenti
  * Register-blocked attention kernels (v2), FlashAttention-2 structure, fp32.
  *
  * Every kernel runs 64 threads as an 8 x 8 grid (tx = localIndex % 8, ty = localIndex / 8) on square
- * blocks of BB = 8 R queries by BB keys (R = 2 by default, 16 x 16 blocks; R = 4 on request, see V2Tuning.rows). The operand
- * tiles (q, k, v, dO: BB rows x D) sit in workgroup memory in their row layout, rows padded to D + 4
+ * blocks of BB = 8 R queries by BB keys (R = 2 by default: 16 x 16 blocks; R = 4 on request, see
+ * V2Tuning.rows). The operand tiles (q, k, v, dO: BB rows x D) sit in workgroup memory in their row layout, rows padded to D + 4
  * floats so that 8 consecutive rows read at the same column hit 8 different bank quads.
  *
  * Two micro-tile shapes per thread:
@@ -84,7 +84,8 @@ export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
 /** The choices that change a kernel's WGSL (rows change it through R). */
 export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'>;
 
-const tuningKey = (t: V2CodeGen, kernel: V2Kernel) => (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (t.fusedScores ? 4 : 0);
+/** The bits of a kernel's key that its WGSL depends on (the forward has no backward score loop). */
+const tuningKey = (t: V2CodeGen, kernel: V2Kernel) => (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
