@@ -25,23 +25,35 @@ describe('v2 kernel bodies', () => {
     ['dq', dqProgramV2],
     ['dkv', dkvProgramV2],
   ] as const) {
-    it(`${name}: no per-thread arrays with scalars, arrays without; prefetch changes the program key`, () => {
+    it(`${name}: no per-thread arrays with scalars, arrays without; each choice (prefetch, vec4 scores, wide blocks) its own key`, () => {
       const scalars = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: false });
       const arrays = make(d, r, 4, { prefetch: all(true), scalars: false, fusedScores: false });
       const plain = make(d, r, 4, { prefetch: all(false), scalars: true, fusedScores: false });
       const fused = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: true });
-      expect(scalars.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l): array</);
+      const vec = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: true, vecScores: true });
+      const wide = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, wide: { [name]: true } });
+      const narrow = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, wide: {} });
+      expect(scalars.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l|sv|dpv): array</);
+      expect(vec.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l|sv|dpv): array</);
       expect(arrays.body).toMatch(/var (s|dp): array</);
       // one key per distinct body: tfjs caches pipelines by key
-      const programs = [scalars, arrays, plain, fused];
+      const programs = [scalars, arrays, plain, fused, vec, wide, narrow];
       for (const a of programs) for (const b of programs) expect(a.shaderKey === b.shaderKey).toBe(a.body === b.body);
-      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 3 : 4);
+      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 6 : 7);
+      // vec4 score accumulators: fmas into vec4 lanes, no dot products in the score loops
+      expect(vec.body).not.toMatch(/\+= dot\(/);
+      expect(vec.body).toMatch(/sv_0 = fma\(/);
+      expect(fused.body).toMatch(/s_0 \+= dot\(/);
+      // wide: 128 threads with accumulator-side blocks of M = 32 rows against 64 threads and M = 16
+      expect([wide.workgroupSize[0], narrow.workgroupSize[0]]).toEqual([128, 64]);
+      expect(wide.body).toMatch(/const M = 32u; const N = 16u;/);
+      expect(narrow.body).toMatch(/const M = 16u; const N = 16u;/);
       // the backward's fused score loop: S and dP accumulate in one loop over D (one loop fewer)
       const loops = (b: string) => b.split('for (var c = 0u; c < D4; c++)').length - 1;
       expect(loops(fused.body)).toBe(name === 'forward' ? loops(scalars.body) : loops(scalars.body) - 1);
       // the prefetching loop reads the next block's rows inside the loop, behind a bound check
-      expect(scalars.body).toMatch(/if \((j0 \+ BB < kHi|it \+ 1u < G \* NI)\)/);
-      expect(plain.body).not.toMatch(/if \((j0 \+ BB < kHi|it \+ 1u < G \* NI)\)/);
+      expect(scalars.body).toMatch(/if \((j0 \+ N < kHi|it \+ 1u < G \* NI)\)/);
+      expect(plain.body).not.toMatch(/if \((j0 \+ N < kHi|it \+ 1u < G \* NI)\)/);
     });
   }
 });

@@ -4,15 +4,17 @@ import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attenti
 /**
  * Register-blocked attention kernels (v2), FlashAttention-2 structure, fp32.
  *
- * Every kernel runs 64 threads as an 8 x 8 grid (tx = localIndex % 8, ty = localIndex / 8) on square
- * blocks of BB = 8 R queries by BB keys (R = 2 by default: 16 x 16 blocks; R = 4 on request, see
- * V2Tuning.rows). The operand tiles (q, k, v, dO: BB rows x D) sit in workgroup memory in their row layout, rows padded to D + 4
- * floats so that 8 consecutive rows read at the same column hit 8 different bank quads.
+ * Every kernel runs TY x 8 threads (tx = localIndex % 8, ty = localIndex / 8; TY = 8 by default, 16
+ * on request, see V2Tuning.wide) on blocks of M = TY R rows (queries in the forward and dQ, keys in
+ * dK/dV) by N = 8 R rows of the walked side (R = 2 by default: 16 x 16 blocks; R = 4 on request, see
+ * V2Tuning.rows). The operand tiles (q, k, v, dO: M or N rows x D) sit in workgroup memory in their
+ * row layout, rows padded to D + 4 floats so that 8 consecutive rows read at the same column hit 8
+ * different bank quads.
  *
  * Two micro-tile shapes per thread:
- *   - score tiles (S = q k^T, dP = dO v^T, reductions over D): R x R entries, rows ty + 8a, columns
+ *   - score tiles (S = q k^T, dP = dO v^T, reductions over D): R x R entries, rows ty + TY a, columns
  *     tx + 8b; per 4 channels a thread reads 2R vec4 and does R^2 dot products;
- *   - accumulator tiles (o, dq, dk, dv: BB rows x D): R consecutive rows ty R + r by the vec4
+ *   - accumulator tiles (o, dq, dk, dv: M rows x D): R consecutive rows ty R + r by the vec4
  *     columns tx + 8c (D / 32 of them); the weight tile (P, dS) goes through workgroup memory,
  *     transposed so that the R weights of a thread's rows are one vecR load.
  *
@@ -23,12 +25,29 @@ import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attenti
  * window's end (no atomics). The heaviest blocks are dispatched first.
  */
 
-const THREADS = 64;
+/**
+ * A kernel's block shape: TY x 8 threads (ty = localIndex / 8, tx = localIndex % 8), each with an
+ * R x R score micro-tile; M = TY R rows on the accumulator side (queries in the forward and dQ, keys
+ * in dK/dV), N = 8 R on the other (the side walked block by block).
+ */
+interface Blocks {
+  R: number;
+  TY: number;
+  M: number;
+  N: number;
+  threads: number;
+}
 
-/** Workgroup bytes of the largest v2 kernel (dK/dV) at R rows per thread. */
-function bytesV2(D: number, R: number): number {
-  const BB = 8 * R;
-  return 4 * BB * (D / 4 + 1) * 16 + 2 * BB * (BB + R) * 4 + 2 * BB * 4 + 16;
+function blocks(R: number, TY: number): Blocks {
+  return { R, TY, M: TY * R, N: 8 * R, threads: 8 * TY };
+}
+
+/** Thread rows of a kernel: 16 where tuning.wide asks for it, else 8. */
+const threadRows = (t: Partial<Pick<V2Tuning, 'wide'>>, kernel?: V2Kernel) => (kernel && t.wide?.[kernel] ? 16 : 8);
+
+/** Workgroup bytes of the largest v2 kernel (dK/dV) for a block shape (a bound for all three). */
+function bytesV2(D: number, k: Blocks): number {
+  return (2 * k.M + 2 * k.N) * (D / 4 + 1) * 16 + 2 * k.N * (k.M / k.R + 1) * k.R * 4 + 2 * Math.max(k.M, k.N) * 4 + 16;
 }
 
 /**
@@ -42,8 +61,9 @@ export function v2Rows(D: number, limit: number, kernel?: V2Kernel): 4 | 2 | und
   // T=4096: their workgroups take a third of the workgroup memory and registers, so about twice as
   // many warps share an SM, and these kernels are bound by latency, not by workgroup-memory traffic
   const asked = (kernel ? tuning.rows[kernel] : undefined) ?? 2;
-  if (asked === 4 && bytesV2(D, 4) <= limit) return 4;
-  if (bytesV2(D, 2) <= limit) return 2;
+  const TY = threadRows(tuning, kernel);
+  if (asked === 4 && bytesV2(D, blocks(4, TY)) <= limit) return 4;
+  if (bytesV2(D, blocks(2, TY)) <= limit) return 2;
   return undefined;
 }
 
@@ -70,9 +90,21 @@ export interface V2Tuning {
    * workgroup memory allows (fewer, larger workgroups).
    */
   rows: Partial<Record<V2Kernel, 2 | 4>>;
+  /**
+   * Score micro-tiles accumulate per channel lane in vec4 registers (one fma per 4 products, summed
+   * across lanes after the loop over D) instead of `acc += dot(a, b)` (a multiply, three fmas and an
+   * add per 4 products: without reassociation the driver cannot fold the add into the chain).
+   */
+  vecScores: boolean;
+  /**
+   * Per kernel: 128 threads in 16 x 8 instead of 64 in 8 x 8, each with the same micro-tiles, so a
+   * workgroup holds twice the rows on its accumulator side (M = 16 R queries in the forward and dQ,
+   * keys in dK/dV) and each tile of the walked side serves twice the rows.
+   */
+  wide: Partial<Record<V2Kernel, boolean>>;
 }
 
-const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {} };
+const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {}, vecScores: false, wide: {} };
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
@@ -82,10 +114,11 @@ export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
 }
 
 /** The choices that change a kernel's WGSL (rows change it through R). */
-export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'>;
+export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide'>>;
 
 /** The bits of a kernel's key that its WGSL depends on (the forward has no backward score loop). */
-const tuningKey = (t: V2CodeGen, kernel: V2Kernel) => (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0);
+const tuningKey = (t: V2CodeGen, kernel: V2Kernel) =>
+  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
@@ -108,7 +141,7 @@ export function scalarizeArrays(body: string, names: string[]): string {
 }
 
 /** The per-thread arrays of the v2 kernels. */
-const THREAD_ARRAYS = ['s', 'dp', 'o', 'dq', 'dk', 'dv', 'm', 'l'];
+const THREAD_ARRAYS = ['s', 'dp', 'o', 'dq', 'dk', 'dv', 'm', 'l', 'sv', 'dpv'];
 
 const v2Body = (t: V2CodeGen, body: string) => (t.scalars ? scalarizeArrays(body, THREAD_ARRAYS) : body);
 
@@ -121,33 +154,33 @@ const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 const zero = (name: string, n: number) => range(n).map((i) => `${name}[${i}] = 0.0;`).join(' ');
 
 /** Shared WGSL constants of the v2 kernels. */
-function tileConstants(d: Dims, R: number): string {
-  const BB = 8 * R;
+function tileConstants(d: Dims, k: Blocks): string {
   return `
-    const R = ${R}u; const BB = ${BB}u;
-    // a weight tile row: BB / R vectors of R, plus one (its 8 writers tx + 8b sit 4 R + 4 floats apart)
-    const PS = ${BB / R + 1}u;
+    const R = ${k.R}u; const M = ${k.M}u; const N = ${k.N}u;
+    // a weight tile row: M / R vectors of R, plus one (its 8 writers tx + 8b sit 4 R + 4 floats apart at TY = 8)
+    const PS = ${k.M / k.R + 1}u;
     const RS = D4 + 1u; // padded row stride of an operand tile, in vec4
-    const NB = ${Math.ceil(d.T / BB)}u;
+    const NB = ${Math.ceil(d.T / k.M)}u; // blocks of M rows
   `;
 }
 
 /**
  * Tile moves in two halves, so that a thread's global loads are all in flight at once and can be
- * issued a whole block ahead (software pipelining): `fetch` reads BB rows of a [B, T, heads, D]
+ * issued a whole block ahead (software pipelining): `fetch` reads `rows` rows of a [B, T, heads, D]
  * tensor (rows r0.., head hd; rows past T repeat row T - 1) into registers `reg0..`, `stash` writes
- * them into a padded tile. Each of the THREADS threads moves BB D4 / THREADS vec4 (an integer:
- * BB is a multiple of 16 and D4 of 8).
+ * them into a padded tile. Each of the `threads` threads moves rows D4 / threads vec4 (an integer:
+ * rows is a multiple of 16, threads 64 or 128 and D4 a multiple of 8).
  */
 interface TileMove {
   /** Register name prefix. */
   reg: string;
   /** vec4 per thread. */
   n: number;
+  threads: number;
 }
 
-function tileMove(reg: string, BB: number, D: number): TileMove {
-  return { reg, n: (BB * D) / 4 / THREADS };
+function tileMove(reg: string, rows: number, D: number, threads: number): TileMove {
+  return { reg, n: (rows * D) / 4 / threads, threads };
 }
 
 function declareRegs(m: TileMove): string {
@@ -158,19 +191,19 @@ function declareRegs(m: TileMove): string {
 
 function fetchTile(m: TileMove, src: string, heads: string, r0: string, scale = ''): string {
   return range(m.n)
-    .map((i) => `{ let e = localIndex + ${i * THREADS}u; ${m.reg}${i} = ${src}[((b * T + min(${r0} + e / D4, T - 1u)) * ${heads} + hd) * D4 + e % D4]${scale}; }`)
+    .map((i) => `{ let e = localIndex + ${i * m.threads}u; ${m.reg}${i} = ${src}[((b * T + min(${r0} + e / D4, T - 1u)) * ${heads} + hd) * D4 + e % D4]${scale}; }`)
     .join('\n        ');
 }
 
 function stashTile(m: TileMove, tile: string): string {
   return range(m.n)
-    .map((i) => `{ let e = localIndex + ${i * THREADS}u; ${tile}[(e / D4) * RS + e % D4] = ${m.reg}${i}; }`)
+    .map((i) => `{ let e = localIndex + ${i * m.threads}u; ${tile}[(e / D4) * RS + e % D4] = ${m.reg}${i}; }`)
     .join('\n        ');
 }
 
-/** Copies BB rows into a padded tile now (a fetch then a stash in one scope). */
-function loadTile(tile: string, src: string, heads: string, r0: string, BB: number, D: number, scale = ''): string {
-  const m = tileMove(`ld_${tile}`, BB, D);
+/** Copies `rows` rows into a padded tile now (a fetch then a stash in one scope). */
+function loadTile(tile: string, src: string, heads: string, r0: string, rows: number, D: number, threads: number, scale = ''): string {
+  const m = tileMove(`ld_${tile}`, rows, D, threads);
   return `{
         ${declareRegs(m)}
         ${fetchTile(m, src, heads, r0, scale)}
@@ -179,27 +212,45 @@ function loadTile(tile: string, src: string, heads: string, r0: string, BB: numb
 }
 
 /**
- * acc[a R + b] += A[row ty + 8a] . Bt[row tx + 8b] over D, both padded tiles (a score micro-tile).
+ * acc[a R + b] += A[row ty + TY a] . Bt[row tx + 8b] over D, both padded tiles (a score micro-tile).
  */
-function scoreTile(acc: string, A: string, Bt: string, R: number): string {
-  return scoreTiles([[acc, A, Bt]], R);
-}
-
-/** Several score micro-tiles (each acc += A . Bt as above) in one loop over D. */
-function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, R: number): string {
-  const lines: string[] = [];
-  parts.forEach(([acc, A, Bt], p) => {
-    for (const a of range(R)) lines.push(`let a${p}_${a} = ${A}[(ty + ${8 * a}u) * RS + c];`);
-    for (const b of range(R)) lines.push(`let b${p}_${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
-    for (const a of range(R)) for (const b of range(R)) lines.push(`${acc}[${a * R + b}] += dot(a${p}_${a}, b${p}_${b});`);
-  });
-  return `for (var c = 0u; c < D4; c++) {
-          ${lines.join('\n          ')}
-        }`;
+function scoreTile(acc: string, A: string, Bt: string, k: Blocks, vec = false): string {
+  return scoreTiles([[acc, A, Bt]], k, vec);
 }
 
 /**
- * acc[r DC + c] += w[n][ty R + r] * X[n][tx + 8c] over the BB rows n of a padded tile X, w a [BB][BB]
+ * Several score micro-tiles (each acc += A . Bt as above) in one loop over D. With `vec` each entry
+ * accumulates in a vec4 \`\${acc}v\` (lane k: the channels 4c + k), summed into acc after the loop.
+ */
+function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Blocks, vec = false): string {
+  const { R, TY } = k;
+  const lines: string[] = [];
+  const before: string[] = [];
+  const after: string[] = [];
+  parts.forEach(([acc, A, Bt], p) => {
+    for (const a of range(R)) lines.push(`let a${p}_${a} = ${A}[(ty + ${TY * a}u) * RS + c];`);
+    for (const b of range(R)) lines.push(`let b${p}_${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
+    for (const a of range(R))
+      for (const b of range(R)) {
+        const i = a * R + b;
+        if (!vec) {
+          lines.push(`${acc}[${i}] += dot(a${p}_${a}, b${p}_${b});`);
+          continue;
+        }
+        lines.push(`${acc}v[${i}] = fma(a${p}_${a}, b${p}_${b}, ${acc}v[${i}]);`);
+        after.push(`${acc}[${i}] += (${acc}v[${i}].x + ${acc}v[${i}].y) + (${acc}v[${i}].z + ${acc}v[${i}].w);`);
+      }
+    if (vec) before.push(`var ${acc}v: array<vec4<f32>, ${R * R}>; ${range(R * R).map((i) => `${acc}v[${i}] = vec4<f32>(0.0);`).join(' ')}`);
+  });
+  return `${before.join('\n        ')}
+        for (var c = 0u; c < D4; c++) {
+          ${lines.join('\n          ')}
+        }
+        ${after.join('\n        ')}`;
+}
+
+/**
+ * acc[r DC + c] += w[n][ty R + r] * X[n][tx + 8c] over the N rows n of a padded tile X, w an [N][M]
  * weight tile of vecR (an accumulator micro-tile update). Several (acc, w, X) triples share the loop.
  */
 function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string, X: string]>): string {
@@ -211,63 +262,63 @@ function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string,
       for (const r of range(R)) lines.push(`${acc}[${r * DC + c}] = fma(vec4<f32>(w${p}[${r}]), x${p}_${c}, ${acc}[${r * DC + c}]);`);
     }
   });
-  return `for (var n = 0u; n < BB; n++) {
+  return `for (var n = 0u; n < N; n++) {
           ${lines.join('\n          ')}
         }`;
 }
 
 /**
- * The head of the forward's and dQ's loop over key blocks j0 (kLo, kHi and g in scope): K and V
- * tiles into ks and vs, between barriers. With `prefetch` the next block's rows are read into
+ * The head of the forward's and dQ's loop over key blocks j0 of N keys (kLo, kHi and g in scope): K
+ * and V tiles into ks and vs, between barriers. With `prefetch` the next block's rows are read into
  * registers right after the stash, so their global loads overlap this block's arithmetic.
  */
-function keyBlocks(BB: number, D: number, prefetch: boolean): string {
-  const k = tileMove('kr', BB, D);
-  const v = tileMove('vr', BB, D);
+function keyBlocks(k0: Blocks, D: number, prefetch: boolean): string {
+  const k = tileMove('kr', k0.N, D, k0.threads);
+  const v = tileMove('vr', k0.N, D, k0.threads);
   const fetch = (r0: string) => `{ let hd = g; ${fetchTile(k, 'K', 'HKV', r0)}
         ${fetchTile(v, 'V', 'HKV', r0)} }`;
   const stash = `${stashTile(k, 'ks')}
         ${stashTile(v, 'vs')}`;
   if (!prefetch) {
     return `${declareRegs(k)} ${declareRegs(v)}
-        for (var j0 = (kLo / BB) * BB; j0 < kHi; j0 += BB) {
+        for (var j0 = (kLo / N) * N; j0 < kHi; j0 += N) {
           workgroupBarrier();
           ${fetch('j0')}
           ${stash}
           workgroupBarrier();`;
   }
   return `${declareRegs(k)} ${declareRegs(v)}
-        let jFirst = (kLo / BB) * BB;
+        let jFirst = (kLo / N) * N;
         ${fetch('jFirst')}
-        for (var j0 = jFirst; j0 < kHi; j0 += BB) {
+        for (var j0 = jFirst; j0 < kHi; j0 += N) {
           workgroupBarrier();
           ${stash}
           workgroupBarrier();
-          if (j0 + BB < kHi) { let jn = j0 + BB; ${fetch('jn')} }`;
+          if (j0 + N < kHi) { let jn = j0 + N; ${fetch('jn')} }`;
 }
 
 /**
- * The head of the dK/dV kernel's loop over (query head, query block): the blocks [jLo, iHi) of each
+ * The head of the dK/dV kernel's loop over (query head, query block of N): the blocks [jLo, iHi) of each
  * of the G query heads of kv head g as one sequence it = hh NI + n (h, i0 and slope in scope), the q
  * (scaled) and dO tiles into qs and dos, lse and delta into lset and deltat. With `prefetch` the
  * next pair's rows are read into registers while this one is computed.
  */
-function queryBlocks(BB: number, D: number, prefetch: boolean): string {
-  const q = tileMove('qr', BB, D);
-  const o = tileMove('or', BB, D);
+function queryBlocks(k: Blocks, D: number, prefetch: boolean): string {
+  const q = tileMove('qr', k.N, D, k.threads);
+  const o = tileMove('or', k.N, D, k.threads);
   const fetch = (hExpr: string, r0: string) => `{ let hd = ${hExpr}; ${fetchTile(q, 'Q', 'H', r0, ' * SCALE')}
         ${fetchTile(o, 'DO', 'H', r0)}
-        if (localIndex < BB) {
+        if (localIndex < N) {
           let row = (b * H + hd) * T + min(${r0} + localIndex, T - 1u);
           lseR = LSE[row];
           deltaR = select(DELTA[row], 0.0, SIGMOID);
         } }`;
   const stash = `${stashTile(q, 'qs')}
         ${stashTile(o, 'dos')}
-        if (localIndex < BB) { lset[localIndex] = lseR; deltat[localIndex] = deltaR; }`;
+        if (localIndex < N) { lset[localIndex] = lseR; deltat[localIndex] = deltaR; }`;
   const head = `${declareRegs(q)} ${declareRegs(o)} var lseR = 0.0; var deltaR = 0.0;
-        let NI = (iHi - jLo + BB - 1u) / BB;`;
-  const position = `let h = g * G + it / NI; let i0 = jLo + (it % NI) * BB;
+        let NI = (iHi - jLo + N - 1u) / N;`;
+  const position = `let h = g * G + it / NI; let i0 = jLo + (it % NI) * N;
           let slope = select(0.0, S[h], ALIBI);`;
   if (!prefetch) {
     return `${head}
@@ -285,7 +336,7 @@ function queryBlocks(BB: number, D: number, prefetch: boolean): string {
           workgroupBarrier();
           ${stash}
           workgroupBarrier();
-          if (it + 1u < G * NI) { let hn = g * G + (it + 1u) / NI; let inext = jLo + ((it + 1u) % NI) * BB; ${fetch('hn', 'inext')} }`;
+          if (it + 1u < G * NI) { let hn = g * G + (it + 1u) / NI; let inext = jLo + ((it + 1u) % NI) * N; ${fetch('hn', 'inext')} }`;
 }
 
 /** The scheduling order: blocks of equal weight together, the heaviest first. */
@@ -305,9 +356,10 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
  */
 export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.forward;
-  const BB = 8 * R;
+  const k = blocks(R, threadRows(t, 'forward'));
+  const { M, N, TY } = k;
   const DC = d.D / 32;
-  const NB = Math.ceil(d.T / BB);
+  const NB = Math.ceil(d.T / M);
   const each = (f: (a: number, b: number) => string) =>
     range(R)
       .flatMap((a) => range(R).map((b) => f(a, b)))
@@ -318,17 +370,17 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
     outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
     inputs: ['Q', 'K', 'V', 'S'],
     components: [4, 4, 4, 1],
-    threads: THREADS,
+    threads: k.threads,
     numGroups: d.B * d.H * NB,
     body: v2Body(t, `
       ${constants(d, r)}
-      ${tileConstants(d, R)}
-      var<workgroup> qs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> ks: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> vs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> pt: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // P^T: [key][query / R]
-      var<workgroup> part: array<f32, ${BB * 8}>; // per query row, one partial max (then sum) per tx
-      var<workgroup> crow: array<f32, ${BB}>; // per query row: the correction of o, then the final max
+      ${tileConstants(d, k)}
+      var<workgroup> qs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P^T: [key][query / R]
+      var<workgroup> part: array<f32, ${M * 8}>; // per query row, one partial max (then sum) per tx
+      var<workgroup> crow: array<f32, ${M}>; // per query row: the correction of o, then the final max
       var<workgroup> wgShared: u32;
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
@@ -339,9 +391,9 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         let g = h / G;
         let tx = localIndex % 8u;
         let ty = localIndex / 8u;
-        let iLo = blkIdx * BB;
+        let iLo = blkIdx * M;
         let slope = select(0.0, S[h], ALIBI);
-        ${loadTile('qs', 'Q', 'H', 'iLo', BB, d.D, ' * SCALE')}
+        ${loadTile('qs', 'Q', 'H', 'iLo', M, d.D, k.threads, ' * SCALE')}
         var o: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `o[${i}] = vec4<f32>(0.0);`).join(' ')}
         // rows ty + 8a: running max, partial running sum over keys tx + 8b
         var m: array<f32, ${R}>;
@@ -349,15 +401,15 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         ${range(R)
           .map((a) => `m[${a}] = MASKED;`)
           .join(' ')}
-        let kHi = min(T, iLo + BB);
+        let kHi = min(T, iLo + M);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        ${keyBlocks(BB, d.D, prefetch)}
+        ${keyBlocks(k, d.D, prefetch)}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
-          ${scoreTile('s', 'qs', 'ks', R)}
+          ${scoreTile('s', 'qs', 'ks', k, t.vecScores)}
           ${each(
             (a, b) => `{
-            let i = iLo + ty + ${8 * a}u; let j = j0 + tx + ${8 * b}u;
+            let i = iLo + ty + ${TY * a}u; let j = j0 + tx + ${8 * b}u;
             var x = s[${a * R + b}];
             x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
             x = select(MASKED, x, visible(i, j));
@@ -366,14 +418,14 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
           )}
           if (!SIGMOID) {
             ${range(R)
-              .map((a) => `part[(ty + ${8 * a}u) * 8u + tx] = max(max(s[${a * R}], s[${a * R + 1}]), ${R === 4 ? `max(s[${a * R + 2}], s[${a * R + 3}])` : 'MASKED'});`)
+              .map((a) => `part[(ty + ${TY * a}u) * 8u + tx] = max(max(s[${a * R}], s[${a * R + 1}]), ${R === 4 ? `max(s[${a * R + 2}], s[${a * R + 3}])` : 'MASKED'});`)
               .join('\n            ')}
           }
           workgroupBarrier();
           ${range(R)
             .map(
               (a) => `{
-            let qi = ty + ${8 * a}u;
+            let qi = ty + ${TY * a}u;
             var corr = 1.0;
             var mt = m[${a}];
             if (!SIGMOID) {
@@ -405,7 +457,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         // the row sums: 8 partial sums per row; the row max from the tx == 0 thread of the row
         workgroupBarrier();
         ${range(R)
-          .map((a) => `part[(ty + ${8 * a}u) * 8u + tx] = l[${a}]; if (tx == 0u) { crow[ty + ${8 * a}u] = m[${a}]; }`)
+          .map((a) => `part[(ty + ${TY * a}u) * 8u + tx] = l[${a}]; if (tx == 0u) { crow[ty + ${TY * a}u] = m[${a}]; }`)
           .join('\n        ')}
         workgroupBarrier();
         ${range(R)
@@ -439,28 +491,29 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
  */
 export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.dq;
-  const BB = 8 * R;
+  const k = blocks(R, threadRows(t, 'dq'));
+  const { M, N, TY } = k;
   const DC = d.D / 32;
-  const NB = Math.ceil(d.T / BB);
+  const NB = Math.ceil(d.T / M);
   const key = keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t, 'dq')]);
   return cachedProgram(key, () => ({
     key,
     outputShape: [d.B, d.T, d.H, d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
-    threads: THREADS,
+    threads: k.threads,
     numGroups: d.B * d.H * NB,
     body: v2Body(t, `
       ${constants(d, r)}
       ${dsSnippet}
-      ${tileConstants(d, R)}
-      var<workgroup> qs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> dos: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> ks: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> vs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> dst: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // dS^T: [key][query / R]
-      var<workgroup> lset: array<f32, ${BB}>;
-      var<workgroup> deltat: array<f32, ${BB}>;
+      ${tileConstants(d, k)}
+      var<workgroup> qs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
+      var<workgroup> dos: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS^T: [key][query / R]
+      var<workgroup> lset: array<f32, ${M}>;
+      var<workgroup> deltat: array<f32, ${M}>;
       var<workgroup> wgShared: u32;
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
@@ -471,29 +524,29 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
         let g = h / G;
         let tx = localIndex % 8u;
         let ty = localIndex / 8u;
-        let iLo = blkIdx * BB;
+        let iLo = blkIdx * M;
         let slope = select(0.0, S[h], ALIBI);
-        ${loadTile('qs', 'Q', 'H', 'iLo', BB, d.D, ' * SCALE')}
-        ${loadTile('dos', 'DO', 'H', 'iLo', BB, d.D)}
-        if (localIndex < BB) {
+        ${loadTile('qs', 'Q', 'H', 'iLo', M, d.D, k.threads, ' * SCALE')}
+        ${loadTile('dos', 'DO', 'H', 'iLo', M, d.D, k.threads)}
+        if (localIndex < M) {
           let i = min(iLo + localIndex, T - 1u);
           lset[localIndex] = LSE[(b * H + h) * T + i];
           deltat[localIndex] = select(DELTA[(b * H + h) * T + i], 0.0, SIGMOID);
         }
         var dq: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dq[${i}] = vec4<f32>(0.0);`).join(' ')}
-        let kHi = min(T, iLo + BB);
+        let kHi = min(T, iLo + M);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        ${keyBlocks(BB, d.D, prefetch)}
+        ${keyBlocks(k, d.D, prefetch)}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-          ${t.fusedScores ? scoreTiles([['s', 'qs', 'ks'], ['dp', 'dos', 'vs']], R) : `${scoreTile('s', 'qs', 'ks', R)}\n${scoreTile('dp', 'dos', 'vs', R)}`}
+          ${t.fusedScores ? scoreTiles([['s', 'qs', 'ks'], ['dp', 'dos', 'vs']], k, t.vecScores) : `${scoreTile('s', 'qs', 'ks', k, t.vecScores)}\n${scoreTile('dp', 'dos', 'vs', k, t.vecScores)}`}
           ${range(R)
             .map((a) =>
               range(R)
                 .map(
                   (bb) => `{
-            let qi = ty + ${8 * a}u; let kj = tx + ${8 * bb}u;
+            let qi = ty + ${TY * a}u; let kj = tx + ${8 * bb}u;
             let i = iLo + qi; let j = j0 + kj;
             var x = s[${a * R + bb}];
             x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
@@ -534,29 +587,30 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
  */
 export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.dkv;
-  const BB = 8 * R;
+  const k = blocks(R, threadRows(t, 'dkv'));
+  const { M, N, TY } = k;
   const DC = d.D / 32;
-  const NB = Math.ceil(d.T / BB);
+  const NB = Math.ceil(d.T / M);
   const key = keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t, 'dkv')]);
   return cachedProgram(key, () => ({
     key,
     outputShape: [2 * d.B * d.T * d.HKV * d.D],
     inputs: ['Q', 'K', 'V', 'S', 'DO', 'LSE', 'DELTA'],
     components: [4, 4, 4, 1, 4, 1, 1],
-    threads: THREADS,
+    threads: k.threads,
     numGroups: d.B * d.HKV * NB,
     body: v2Body(t, `
       ${constants(d, r)}
       ${dsSnippet}
-      ${tileConstants(d, R)}
-      var<workgroup> ks: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> vs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> qs: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> dos: array<vec4<f32>, ${BB * (d.D / 4 + 1)}>;
-      var<workgroup> pt: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // P: [query][key / R]
-      var<workgroup> dst: array<vec${R}<f32>, ${BB * (BB / R + 1)}>; // dS: [query][key / R]
-      var<workgroup> lset: array<f32, ${BB}>;
-      var<workgroup> deltat: array<f32, ${BB}>;
+      ${tileConstants(d, k)}
+      var<workgroup> ks: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
+      var<workgroup> qs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> dos: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P: [query][key / R]
+      var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS: [query][key / R]
+      var<workgroup> lset: array<f32, ${N}>;
+      var<workgroup> deltat: array<f32, ${N}>;
       var<workgroup> wgShared: u32;
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
@@ -567,24 +621,24 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
         let g = hd;
         let tx = localIndex % 8u;
         let ty = localIndex / 8u;
-        let jLo = blkIdx * BB;
-        ${loadTile('ks', 'K', 'HKV', 'jLo', BB, d.D)}
-        ${loadTile('vs', 'V', 'HKV', 'jLo', BB, d.D)}
+        let jLo = blkIdx * M;
+        ${loadTile('ks', 'K', 'HKV', 'jLo', M, d.D, k.threads)}
+        ${loadTile('vs', 'V', 'HKV', 'jLo', M, d.D, k.threads)}
         var dk: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dk[${i}] = vec4<f32>(0.0);`).join(' ')}
         var dv: array<vec4<f32>, ${R * DC}>; ${range(R * DC).map((i) => `dv[${i}] = vec4<f32>(0.0);`).join(' ')}
         // queries that see this key block: [jLo, iHi)
         var iHi = T;
-        if (WINDOW > 0u) { iHi = min(T, jLo + BB - 1u + WINDOW); }
-        ${queryBlocks(BB, d.D, prefetch)}
+        if (WINDOW > 0u) { iHi = min(T, jLo + M - 1u + WINDOW); }
+        ${queryBlocks(k, d.D, prefetch)}
             var s: array<f32, ${R * R}>; ${zero('s', R * R)}
             var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-            ${t.fusedScores ? scoreTiles([['s', 'ks', 'qs'], ['dp', 'vs', 'dos']], R) : `${scoreTile('s', 'ks', 'qs', R)}\n${scoreTile('dp', 'vs', 'dos', R)}`}
+            ${t.fusedScores ? scoreTiles([['s', 'ks', 'qs'], ['dp', 'vs', 'dos']], k, t.vecScores) : `${scoreTile('s', 'ks', 'qs', k, t.vecScores)}\n${scoreTile('dp', 'vs', 'dos', k, t.vecScores)}`}
             ${range(R)
               .map((a) =>
                 range(R)
                   .map(
                     (bb) => `{
-              let kj = ty + ${8 * a}u; let qi = tx + ${8 * bb}u;
+              let kj = ty + ${TY * a}u; let qi = tx + ${8 * bb}u;
               let i = i0 + qi; let j = jLo + kj;
               var x = s[${a * R + bb}];
               x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# eleventh run, call 1: vec4 score accumulators and 128-thread (16 x 8) workgroups against the default
+cd "$(dirname "$0")/../../../.." 2>/dev/null || true
+O=${OUT:-/tmp/out}
+T0=$(date +%s); el() { echo "$1 $(( $(date +%s)-T0 ))s"; }
+bash .gpu/run.sh gpu-attn.mjs --T 1024,4096,16384 --impl v2,v2-vec,v2-w,v2-wq,v2-wkv,v2-vec-w,v2 --budget 1 > $O/attn.txt 2>&1; el attn; grep -E "^T=" $O/attn.txt | cut -c1-260
+timeout 200 bash .gpu/run.sh gpu-check.mjs --scale 8 > $O/check.txt 2>&1; el check; tail -1 $O/check.txt; grep -c "| pass |" $O/check.txt; grep -i "fail" $O/check.txt | head
