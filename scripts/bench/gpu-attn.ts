@@ -31,7 +31,8 @@ const D = Number(arg('D', '64'));
  * Kernel sets; suffixes change the v2 kernels' code-generation defaults (setV2Tuning):
  * `-np` no prefetching of the next block in any kernel, `-pf` prefetching in every kernel (dK/dV too), `-arr` per-thread arrays, `-sep` the backward's score
  * tiles in separate loops, `-r4` 32 x 32 blocks (4 rows per thread) in every kernel, `-vec` vec4 score
- * accumulators, `-w` 128-thread workgroups in every kernel (`-wq` forward and dQ, `-wkv` dK/dV) (e.g. v2-np-arr).
+ * accumulators, `-w` 128-thread workgroups in every kernel (`-wq` forward and dQ, `-wf` forward, `-wkv` dK/dV), `-db`
+ * double-buffered tiles in every kernel (`-dbq`, `-dbkv`) (e.g. v2-np-arr).
  */
 const impls = arg('impl', 'v1,v2,mixed').split(',');
 /** Seconds of timed repetitions per measurement (after a warm-up and a probe). */
@@ -59,7 +60,15 @@ async function measure(T: number, impl: string): Promise<Row> {
   const [set, ...flags] = impl.split('-');
   setFlashAttentionImpl(set as FlashAttentionImpl);
   const pf = !flags.includes('np');
-  const wide = flags.includes('w') ? { forward: true, dq: true, dkv: true } : flags.includes('wq') ? { forward: true, dq: true } : flags.includes('wkv') ? { dkv: true } : {};
+  const wide = flags.includes('w')
+    ? { forward: true, dq: true, dkv: true }
+    : flags.includes('wq')
+      ? { forward: true, dq: true }
+      : flags.includes('wf')
+        ? { forward: true }
+        : flags.includes('wkv')
+          ? { dkv: true }
+          : {};
   setV2Tuning({
     prefetch: flags.includes('pf') ? { forward: true, dq: true, dkv: true } : { forward: pf, dq: pf, dkv: false },
     scalars: !flags.includes('arr'),
@@ -67,6 +76,7 @@ async function measure(T: number, impl: string): Promise<Row> {
     rows: flags.includes('r4') ? { forward: 4, dq: 4, dkv: 4 } : {},
     vecScores: flags.includes('vec'),
     wide,
+    double: flags.includes('db') ? { forward: true, dq: true, dkv: true } : flags.includes('dbq') ? { forward: true, dq: true } : flags.includes('dbkv') ? { dkv: true } : {},
   });
   const q = tf.randomNormal([B, T, H, D]);
   const k = tf.randomNormal([B, T, H, D]);

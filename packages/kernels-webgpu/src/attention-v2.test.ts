@@ -33,13 +33,20 @@ describe('v2 kernel bodies', () => {
       const vec = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: true, vecScores: true });
       const wide = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, wide: { [name]: true } });
       const narrow = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, wide: {} });
+      const double = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, double: { [name]: true } });
       expect(scalars.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l|sv|dpv): array</);
       expect(vec.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l|sv|dpv): array</);
       expect(arrays.body).toMatch(/var (s|dp): array</);
       // one key per distinct body: tfjs caches pipelines by key
-      const programs = [scalars, arrays, plain, fused, vec, wide, narrow];
+      const programs = [scalars, arrays, plain, fused, vec, wide, narrow, double];
       for (const a of programs) for (const b of programs) expect(a.shaderKey === b.shaderKey).toBe(a.body === b.body);
-      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 6 : 7);
+      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 7 : 8);
+      // double-buffered tiles: one barrier fewer per block, the walked side's tiles twice as long
+      const barriers = (b: string) => b.split('workgroupBarrier()').length - 1;
+      expect(barriers(double.body)).toBe(barriers(narrow.body) - 1);
+      const tile = name === 'dkv' ? 'qs' : 'ks';
+      const len = (b: string) => Number(new RegExp(`var<workgroup> ${tile}: array<vec4<f32>, (\\d+)>`).exec(b)![1]);
+      expect(len(double.body)).toBe(2 * len(narrow.body));
       // vec4 score accumulators: fmas into vec4 lanes, no dot products in the score loops
       expect(vec.body).not.toMatch(/\+= dot\(/);
       expect(vec.body).toMatch(/sv_0 = fma\(/);

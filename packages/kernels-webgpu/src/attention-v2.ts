@@ -45,9 +45,12 @@ function blocks(R: number, TY: number): Blocks {
 /** Thread rows of a kernel: 16 where tuning.wide asks for it, else 8. */
 const threadRows = (t: Partial<Pick<V2Tuning, 'wide'>>, kernel?: V2Kernel) => (kernel && t.wide?.[kernel] ? 16 : 8);
 
-/** Workgroup bytes of the largest v2 kernel (dK/dV) for a block shape (a bound for all three). */
-function bytesV2(D: number, k: Blocks): number {
-  return (2 * k.M + 2 * k.N) * (D / 4 + 1) * 16 + 2 * k.N * (k.M / k.R + 1) * k.R * 4 + 2 * Math.max(k.M, k.N) * 4 + 16;
+/**
+ * Workgroup bytes of the largest v2 kernel (dK/dV) for a block shape, `halves` copies of the walked
+ * side's tiles (a bound for all three kernels).
+ */
+function bytesV2(D: number, k: Blocks, halves = 1): number {
+  return (2 * k.M + 2 * halves * k.N) * (D / 4 + 1) * 16 + 2 * k.N * (k.M / k.R + 1) * k.R * 4 + 2 * halves * Math.max(k.M, k.N) * 4 + 16;
 }
 
 /**
@@ -62,8 +65,9 @@ export function v2Rows(D: number, limit: number, kernel?: V2Kernel): 4 | 2 | und
   // many warps share an SM, and these kernels are bound by latency, not by workgroup-memory traffic
   const asked = (kernel ? tuning.rows[kernel] : undefined) ?? 2;
   const TY = threadRows(tuning, kernel);
-  if (asked === 4 && bytesV2(D, blocks(4, TY)) <= limit) return 4;
-  if (bytesV2(D, blocks(2, TY)) <= limit) return 2;
+  const halves = kernel && tuning.double[kernel] ? 2 : 1;
+  if (asked === 4 && bytesV2(D, blocks(4, TY), halves) <= limit) return 4;
+  if (bytesV2(D, blocks(2, TY), halves) <= limit) return 2;
   return undefined;
 }
 
@@ -102,9 +106,16 @@ export interface V2Tuning {
    * keys in dK/dV) and each tile of the walked side serves twice the rows.
    */
   wide: Partial<Record<V2Kernel, boolean>>;
+  /**
+   * Per kernel: two halves for the walked side's tiles (K and V in the forward and dQ; q, dO, lse
+   * and delta in dK/dV): the next block is stashed into the other half at the end of an iteration, so
+   * an iteration has one barrier fewer (none is needed between the last reads of a half and the
+   * next writes into the other).
+   */
+  double: Partial<Record<V2Kernel, boolean>>;
 }
 
-const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {}, vecScores: false, wide: {} };
+const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {}, vecScores: false, wide: {}, double: {} };
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
@@ -114,11 +125,11 @@ export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
 }
 
 /** The choices that change a kernel's WGSL (rows change it through R). */
-export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide'>>;
+export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide' | 'double'>>;
 
 /** The bits of a kernel's key that its WGSL depends on (the forward has no backward score loop). */
 const tuningKey = (t: V2CodeGen, kernel: V2Kernel) =>
-  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0);
+  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0) + (t.double?.[kernel] ? 32 : 0);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
@@ -195,9 +206,9 @@ function fetchTile(m: TileMove, src: string, heads: string, r0: string, scale = 
     .join('\n        ');
 }
 
-function stashTile(m: TileMove, tile: string): string {
+function stashTile(m: TileMove, tile: string, off = ''): string {
   return range(m.n)
-    .map((i) => `{ let e = localIndex + ${i * m.threads}u; ${tile}[(e / D4) * RS + e % D4] = ${m.reg}${i}; }`)
+    .map((i) => `{ let e = localIndex + ${i * m.threads}u; ${tile}[${off ? `${off} + ` : ''}(e / D4) * RS + e % D4] = ${m.reg}${i}; }`)
     .join('\n        ');
 }
 
@@ -209,6 +220,12 @@ function loadTile(tile: string, src: string, heads: string, r0: string, rows: nu
         ${fetchTile(m, src, heads, r0, scale)}
         ${stashTile(m, tile)}
         }`;
+}
+
+/** An element of a tile named `name` or `name+offset` (a half of a double-buffered tile). */
+function at(tile: string, idx: string): string {
+  const [name, off] = tile.split('+');
+  return off ? `${name}[${off} + ${idx}]` : `${name}[${idx}]`;
 }
 
 /**
@@ -228,8 +245,8 @@ function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Block
   const before: string[] = [];
   const after: string[] = [];
   parts.forEach(([acc, A, Bt], p) => {
-    for (const a of range(R)) lines.push(`let a${p}_${a} = ${A}[(ty + ${TY * a}u) * RS + c];`);
-    for (const b of range(R)) lines.push(`let b${p}_${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
+    for (const a of range(R)) lines.push(`let a${p}_${a} = ${at(A, `(ty + ${TY * a}u) * RS + c`)};`);
+    for (const b of range(R)) lines.push(`let b${p}_${b} = ${at(Bt, `(tx + ${8 * b}u) * RS + c`)};`);
     for (const a of range(R))
       for (const b of range(R)) {
         const i = a * R + b;
@@ -258,7 +275,7 @@ function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string,
   parts.forEach(([acc, w, X], p) => {
     lines.push(`let w${p} = ${w}[n * PS + ty];`);
     for (const c of range(DC)) {
-      lines.push(`let x${p}_${c} = ${X}[n * RS + tx + ${8 * c}u];`);
+      lines.push(`let x${p}_${c} = ${at(X, `n * RS + tx + ${8 * c}u`)};`);
       for (const r of range(R)) lines.push(`${acc}[${r * DC + c}] = fma(vec4<f32>(w${p}[${r}]), x${p}_${c}, ${acc}[${r * DC + c}]);`);
     }
   });
@@ -267,43 +284,75 @@ function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string,
         }`;
 }
 
+/** A block loop's head (opening `for`, staging the current block) and tail (before its closing brace). */
+interface BlockLoop {
+  head: string;
+  tail: string;
+}
+
 /**
- * The head of the forward's and dQ's loop over key blocks j0 of N keys (kLo, kHi and g in scope): K
- * and V tiles into ks and vs, between barriers. With `prefetch` the next block's rows are read into
- * registers right after the stash, so their global loads overlap this block's arithmetic.
+ * The forward's and dQ's loop over key blocks j0 of N keys (kLo, kHi and g in scope): K and V tiles
+ * into ks and vs, between barriers. With `prefetch` the next block's rows are read into registers
+ * right after the stash, so their global loads overlap this block's arithmetic. With `double` the
+ * tiles have two halves (this block's at offset kb): the next block is stashed into the other half
+ * at the end of the iteration, and one barrier at the top serves both the stash and the reuse.
  */
-function keyBlocks(k0: Blocks, D: number, prefetch: boolean): string {
+function keyBlocks(k0: Blocks, D: number, prefetch: boolean, double = false): BlockLoop {
   const k = tileMove('kr', k0.N, D, k0.threads);
   const v = tileMove('vr', k0.N, D, k0.threads);
   const fetch = (r0: string) => `{ let hd = g; ${fetchTile(k, 'K', 'HKV', r0)}
         ${fetchTile(v, 'V', 'HKV', r0)} }`;
-  const stash = `${stashTile(k, 'ks')}
-        ${stashTile(v, 'vs')}`;
+  const stash = (off = '') => `${stashTile(k, 'ks', off)}
+        ${stashTile(v, 'vs', off)}`;
+  const regs = `${declareRegs(k)} ${declareRegs(v)}`;
+  if (double) {
+    return {
+      head: `${regs}
+        let jFirst = (kLo / N) * N;
+        ${fetch('jFirst')}
+        ${stash()}
+        for (var j0 = jFirst; j0 < kHi; j0 += N) {
+          let kb = (((j0 - jFirst) / N) & 1u) * (N * RS); // this block's half
+          workgroupBarrier();
+          ${prefetch ? `if (j0 + N < kHi) { let jn = j0 + N; ${fetch('jn')} }` : ''}`,
+      tail: `if (j0 + N < kHi) {
+            ${prefetch ? '' : `{ let jn = j0 + N; ${fetch('jn')} }`}
+            ${stash('(N * RS - kb)')}
+          }`,
+    };
+  }
   if (!prefetch) {
-    return `${declareRegs(k)} ${declareRegs(v)}
+    return {
+      head: `${regs}
         for (var j0 = (kLo / N) * N; j0 < kHi; j0 += N) {
           workgroupBarrier();
           ${fetch('j0')}
-          ${stash}
-          workgroupBarrier();`;
+          ${stash()}
+          workgroupBarrier();`,
+      tail: '',
+    };
   }
-  return `${declareRegs(k)} ${declareRegs(v)}
+  return {
+    head: `${regs}
         let jFirst = (kLo / N) * N;
         ${fetch('jFirst')}
         for (var j0 = jFirst; j0 < kHi; j0 += N) {
           workgroupBarrier();
-          ${stash}
+          ${stash()}
           workgroupBarrier();
-          if (j0 + N < kHi) { let jn = j0 + N; ${fetch('jn')} }`;
+          if (j0 + N < kHi) { let jn = j0 + N; ${fetch('jn')} }`,
+    tail: '',
+  };
 }
 
 /**
- * The head of the dK/dV kernel's loop over (query head, query block of N): the blocks [jLo, iHi) of each
- * of the G query heads of kv head g as one sequence it = hh NI + n (h, i0 and slope in scope), the q
+ * The dK/dV kernel's loop over (query head, query block of N): the blocks [jLo, iHi) of each of the
+ * G query heads of kv head g as one sequence it = hh NI + n (h, i0 and slope in scope), the q
  * (scaled) and dO tiles into qs and dos, lse and delta into lset and deltat. With `prefetch` the
- * next pair's rows are read into registers while this one is computed.
+ * next pair's rows are read into registers while this one is computed; with `double` the tiles have
+ * two halves (this pair's at offsets qb and lb) as in keyBlocks.
  */
-function queryBlocks(k: Blocks, D: number, prefetch: boolean): string {
+function queryBlocks(k: Blocks, D: number, prefetch: boolean, double = false): BlockLoop {
   const q = tileMove('qr', k.N, D, k.threads);
   const o = tileMove('or', k.N, D, k.threads);
   const fetch = (hExpr: string, r0: string) => `{ let hd = ${hExpr}; ${fetchTile(q, 'Q', 'H', r0, ' * SCALE')}
@@ -313,30 +362,54 @@ function queryBlocks(k: Blocks, D: number, prefetch: boolean): string {
           lseR = LSE[row];
           deltaR = select(DELTA[row], 0.0, SIGMOID);
         } }`;
-  const stash = `${stashTile(q, 'qs')}
-        ${stashTile(o, 'dos')}
-        if (localIndex < N) { lset[localIndex] = lseR; deltat[localIndex] = deltaR; }`;
+  const stash = (off = '', loff = '') => `${stashTile(q, 'qs', off)}
+        ${stashTile(o, 'dos', off)}
+        if (localIndex < N) { lset[${loff ? `${loff} + ` : ''}localIndex] = lseR; deltat[${loff ? `${loff} + ` : ''}localIndex] = deltaR; }`;
   const head = `${declareRegs(q)} ${declareRegs(o)} var lseR = 0.0; var deltaR = 0.0;
         let NI = (iHi - jLo + N - 1u) / N;`;
   const position = `let h = g * G + it / NI; let i0 = jLo + (it % NI) * N;
           let slope = select(0.0, S[h], ALIBI);`;
+  const fetchNext = `{ let hn = g * G + (it + 1u) / NI; let inext = jLo + ((it + 1u) % NI) * N; ${fetch('hn', 'inext')} }`;
+  if (double) {
+    return {
+      head: `${head}
+        ${fetch('g * G', 'jLo')}
+        ${stash()}
+        for (var it = 0u; it < G * NI; it++) {
+          ${position}
+          let qb = (it & 1u) * (N * RS); // this pair's half
+          let lb = (it & 1u) * N;
+          workgroupBarrier();
+          ${prefetch ? `if (it + 1u < G * NI) ${fetchNext}` : ''}`,
+      tail: `if (it + 1u < G * NI) {
+            ${prefetch ? '' : fetchNext}
+            ${stash('(N * RS - qb)', '(N - lb)')}
+          }`,
+    };
+  }
   if (!prefetch) {
-    return `${head}
+    return {
+      head: `${head}
         for (var it = 0u; it < G * NI; it++) {
           ${position}
           workgroupBarrier();
           ${fetch('h', 'i0')}
-          ${stash}
-          workgroupBarrier();`;
+          ${stash()}
+          workgroupBarrier();`,
+      tail: '',
+    };
   }
-  return `${head}
+  return {
+    head: `${head}
         ${fetch('g * G', 'jLo')}
         for (var it = 0u; it < G * NI; it++) {
           ${position}
           workgroupBarrier();
-          ${stash}
+          ${stash()}
           workgroupBarrier();
-          if (it + 1u < G * NI) { let hn = g * G + (it + 1u) / NI; let inext = jLo + ((it + 1u) % NI) * N; ${fetch('hn', 'inext')} }`;
+          if (it + 1u < G * NI) ${fetchNext}`,
+    tail: '',
+  };
 }
 
 /** The scheduling order: blocks of equal weight together, the heaviest first. */
@@ -357,6 +430,9 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
 export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.forward;
   const k = blocks(R, threadRows(t, 'forward'));
+  const halves = t.double?.forward ? 2 : 1;
+  const loop = keyBlocks(k, d.D, prefetch, halves === 2);
+  const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
   const { M, N, TY } = k;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / M);
@@ -376,8 +452,8 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
       ${constants(d, r)}
       ${tileConstants(d, k)}
       var<workgroup> qs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
-      var<workgroup> ks: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
-      var<workgroup> vs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
       var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P^T: [key][query / R]
       var<workgroup> part: array<f32, ${M * 8}>; // per query row, one partial max (then sum) per tx
       var<workgroup> crow: array<f32, ${M}>; // per query row: the correction of o, then the final max
@@ -404,9 +480,9 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         let kHi = min(T, iLo + M);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        ${keyBlocks(k, d.D, prefetch)}
+        ${loop.head}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
-          ${scoreTile('s', 'qs', 'ks', k, t.vecScores)}
+          ${scoreTile('s', 'qs', kv('ks'), k, t.vecScores)}
           ${each(
             (a, b) => `{
             let i = iLo + ty + ${TY * a}u; let j = j0 + tx + ${8 * b}u;
@@ -452,7 +528,8 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
           ${range(R)
             .map((rr) => `{ let cr = crow[ty * R + ${rr}u]; ${range(DC).map((c) => `o[${rr * DC + c}] *= cr;`).join(' ')} }`)
             .join('\n          ')}
-          ${accumulate(R, DC, [['o', 'pt', 'vs']])}
+          ${accumulate(R, DC, [['o', 'pt', kv('vs')]])}
+          ${loop.tail}
         }
         // the row sums: 8 partial sums per row; the row max from the tx == 0 thread of the row
         workgroupBarrier();
@@ -492,6 +569,9 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
 export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.dq;
   const k = blocks(R, threadRows(t, 'dq'));
+  const halves = t.double?.dq ? 2 : 1;
+  const loop = keyBlocks(k, d.D, prefetch, halves === 2);
+  const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
   const { M, N, TY } = k;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / M);
@@ -509,8 +589,8 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
       ${tileConstants(d, k)}
       var<workgroup> qs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
       var<workgroup> dos: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
-      var<workgroup> ks: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
-      var<workgroup> vs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
       var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS^T: [key][query / R]
       var<workgroup> lset: array<f32, ${M}>;
       var<workgroup> deltat: array<f32, ${M}>;
@@ -537,10 +617,10 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
         let kHi = min(T, iLo + M);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        ${keyBlocks(k, d.D, prefetch)}
+        ${loop.head}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-          ${t.fusedScores ? scoreTiles([['s', 'qs', 'ks'], ['dp', 'dos', 'vs']], k, t.vecScores) : `${scoreTile('s', 'qs', 'ks', k, t.vecScores)}\n${scoreTile('dp', 'dos', 'vs', k, t.vecScores)}`}
+          ${t.fusedScores ? scoreTiles([['s', 'qs', kv('ks')], ['dp', 'dos', kv('vs')]], k, t.vecScores) : `${scoreTile('s', 'qs', kv('ks'), k, t.vecScores)}\n${scoreTile('dp', 'dos', kv('vs'), k, t.vecScores)}`}
           ${range(R)
             .map((a) =>
               range(R)
@@ -558,7 +638,8 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
             )
             .join('\n')}
           workgroupBarrier();
-          ${accumulate(R, DC, [['dq', 'dst', 'ks']])}
+          ${accumulate(R, DC, [['dq', 'dst', kv('ks')]])}
+          ${loop.tail}
         }
         ${range(R)
           .map(
@@ -588,6 +669,10 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
 export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.dkv;
   const k = blocks(R, threadRows(t, 'dkv'));
+  const halves = t.double?.dkv ? 2 : 1;
+  const loop = queryBlocks(k, d.D, prefetch, halves === 2);
+  const qo = (x: string) => (halves === 2 ? `${x}+qb` : x);
+  const lb = halves === 2 ? 'lb + ' : '';
   const { M, N, TY } = k;
   const DC = d.D / 32;
   const NB = Math.ceil(d.T / M);
@@ -605,12 +690,12 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
       ${tileConstants(d, k)}
       var<workgroup> ks: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
       var<workgroup> vs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
-      var<workgroup> qs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
-      var<workgroup> dos: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> qs: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
+      var<workgroup> dos: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
       var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P: [query][key / R]
       var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS: [query][key / R]
-      var<workgroup> lset: array<f32, ${N}>;
-      var<workgroup> deltat: array<f32, ${N}>;
+      var<workgroup> lset: array<f32, ${halves * N}>;
+      var<workgroup> deltat: array<f32, ${halves * N}>;
       var<workgroup> wgShared: u32;
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
@@ -629,10 +714,10 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
         // queries that see this key block: [jLo, iHi)
         var iHi = T;
         if (WINDOW > 0u) { iHi = min(T, jLo + M - 1u + WINDOW); }
-        ${queryBlocks(k, d.D, prefetch)}
+        ${loop.head}
             var s: array<f32, ${R * R}>; ${zero('s', R * R)}
             var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-            ${t.fusedScores ? scoreTiles([['s', 'ks', 'qs'], ['dp', 'vs', 'dos']], k, t.vecScores) : `${scoreTile('s', 'ks', 'qs', k, t.vecScores)}\n${scoreTile('dp', 'vs', 'dos', k, t.vecScores)}`}
+            ${t.fusedScores ? scoreTiles([['s', 'ks', qo('qs')], ['dp', 'vs', qo('dos')]], k, t.vecScores) : `${scoreTile('s', 'ks', qo('qs'), k, t.vecScores)}\n${scoreTile('dp', 'vs', qo('dos'), k, t.vecScores)}`}
             ${range(R)
               .map((a) =>
                 range(R)
@@ -643,9 +728,9 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
               var x = s[${a * R + bb}];
               x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
               x = select(MASKED, x, visible(i, j));
-              let p = weight(x, lset[qi]);
+              let p = weight(x, lset[${lb}qi]);
               pt[qi * PS + kj / R][kj % R] = p;
-              dst[qi * PS + kj / R][kj % R] = dscore(p, dp[${a * R + bb}], deltat[qi]);
+              dst[qi * PS + kj / R][kj % R] = dscore(p, dp[${a * R + bb}], deltat[${lb}qi]);
             }`,
                   )
                   .join('\n'),
@@ -653,9 +738,10 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
               .join('\n')}
             workgroupBarrier();
             ${accumulate(R, DC, [
-              ['dv', 'pt', 'dos'],
-              ['dk', 'dst', 'qs'],
+              ['dv', 'pt', qo('dos')],
+              ['dk', 'dst', qo('qs')],
             ])}
+            ${loop.tail}
         }
         ${range(R)
           .map(
