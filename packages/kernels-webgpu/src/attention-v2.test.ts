@@ -25,7 +25,7 @@ describe('v2 kernel bodies', () => {
     ['dq', dqProgramV2],
     ['dkv', dkvProgramV2],
   ] as const) {
-    it(`${name}: no per-thread arrays with scalars, arrays without; each choice (prefetch, vec4 scores, wide blocks) its own key`, () => {
+    it(`${name}: no per-thread arrays with scalars, arrays without; each choice (prefetch, vec4 scores, wide blocks, double buffers, unrolling) its own key`, () => {
       const scalars = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: false });
       const arrays = make(d, r, 4, { prefetch: all(true), scalars: false, fusedScores: false });
       const plain = make(d, r, 4, { prefetch: all(false), scalars: true, fusedScores: false });
@@ -38,9 +38,12 @@ describe('v2 kernel bodies', () => {
       expect(vec.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l|sv|dpv): array</);
       expect(arrays.body).toMatch(/var (s|dp): array</);
       // one key per distinct body: tfjs caches pipelines by key
-      const programs = [scalars, arrays, plain, fused, vec, wide, narrow, double];
+      const unrolled = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, unroll: 4 });
+      expect(unrolled.body).toMatch(/for \(var c0 = 0u; c0 < D4; c0 \+= 4u\)/);
+      expect(unrolled.body).toMatch(/let n = n0 \+ 3u;/);
+      const programs = [scalars, arrays, plain, fused, vec, wide, narrow, double, unrolled];
       for (const a of programs) for (const b of programs) expect(a.shaderKey === b.shaderKey).toBe(a.body === b.body);
-      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 7 : 8);
+      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 8 : 9);
       // double-buffered tiles: one barrier fewer per block, the walked side's tiles twice as long
       const barriers = (b: string) => b.split('workgroupBarrier()').length - 1;
       expect(barriers(double.body)).toBe(barriers(narrow.body) - 1);

@@ -113,23 +113,30 @@ export interface V2Tuning {
    * next writes into the other).
    */
   double: Partial<Record<V2Kernel, boolean>>;
+  /**
+   * Copies of the body per trip of the inner loops (over D in the score tiles, over the walked rows
+   * in the accumulator updates), written out in the WGSL; 1 leaves the unrolling to the driver.
+   */
+  unroll: number;
 }
 
-const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {}, vecScores: false, wide: {}, double: {} };
+const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {}, vecScores: false, wide: {}, double: {}, unroll: 1 };
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
+  // the inner loops run D / 4 (a multiple of 8) and N (16 or 32) trips
+  if (next.unroll !== undefined && ![1, 2, 4, 8].includes(next.unroll)) throw new Error(`setV2Tuning: unroll must be 1, 2, 4 or 8, got ${next.unroll}`);
   const prev = { ...tuning };
   Object.assign(tuning, next);
   return prev;
 }
 
 /** The choices that change a kernel's WGSL (rows change it through R). */
-export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide' | 'double'>>;
+export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide' | 'double' | 'unroll'>>;
 
 /** The bits of a kernel's key that its WGSL depends on (the forward has no backward score loop). */
 const tuningKey = (t: V2CodeGen, kernel: V2Kernel) =>
-  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0) + (t.double?.[kernel] ? 32 : 0);
+  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0) + (t.double?.[kernel] ? 32 : 0) + 64 * ((t.unroll ?? 1) - 1);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
@@ -222,6 +229,20 @@ function loadTile(tile: string, src: string, heads: string, r0: string, rows: nu
         }`;
 }
 
+/** `for (var v = 0u; v < bound; v++) { body }`, with u > 1 the body written u times per trip. */
+function unrolled(v: string, bound: string, u: number, body: string): string {
+  if (u <= 1) {
+    return `for (var ${v} = 0u; ${v} < ${bound}; ${v}++) {
+          ${body}
+        }`;
+  }
+  return `for (var ${v}0 = 0u; ${v}0 < ${bound}; ${v}0 += ${u}u) {
+          ${range(u)
+            .map((i) => `{ let ${v} = ${v}0 + ${i}u;\n          ${body} }`)
+            .join('\n          ')}
+        }`;
+}
+
 /** An element of a tile named `name` or `name+offset` (a half of a double-buffered tile). */
 function at(tile: string, idx: string): string {
   const [name, off] = tile.split('+');
@@ -231,15 +252,15 @@ function at(tile: string, idx: string): string {
 /**
  * acc[a R + b] += A[row ty + TY a] . Bt[row tx + 8b] over D, both padded tiles (a score micro-tile).
  */
-function scoreTile(acc: string, A: string, Bt: string, k: Blocks, vec = false): string {
-  return scoreTiles([[acc, A, Bt]], k, vec);
+function scoreTile(acc: string, A: string, Bt: string, k: Blocks, vec = false, u = 1): string {
+  return scoreTiles([[acc, A, Bt]], k, vec, u);
 }
 
 /**
  * Several score micro-tiles (each acc += A . Bt as above) in one loop over D. With `vec` each entry
  * accumulates in a vec4 \`\${acc}v\` (lane k: the channels 4c + k), summed into acc after the loop.
  */
-function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Blocks, vec = false): string {
+function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Blocks, vec = false, u = 1): string {
   const { R, TY } = k;
   const lines: string[] = [];
   const before: string[] = [];
@@ -260,9 +281,7 @@ function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Block
     if (vec) before.push(`var ${acc}v: array<vec4<f32>, ${R * R}>; ${range(R * R).map((i) => `${acc}v[${i}] = vec4<f32>(0.0);`).join(' ')}`);
   });
   return `${before.join('\n        ')}
-        for (var c = 0u; c < D4; c++) {
-          ${lines.join('\n          ')}
-        }
+        ${unrolled('c', 'D4', u, lines.join('\n          '))}
         ${after.join('\n        ')}`;
 }
 
@@ -270,7 +289,7 @@ function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Block
  * acc[r DC + c] += w[n][ty R + r] * X[n][tx + 8c] over the N rows n of a padded tile X, w an [N][M]
  * weight tile of vecR (an accumulator micro-tile update). Several (acc, w, X) triples share the loop.
  */
-function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string, X: string]>): string {
+function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string, X: string]>, u = 1): string {
   const lines: string[] = [];
   parts.forEach(([acc, w, X], p) => {
     lines.push(`let w${p} = ${w}[n * PS + ty];`);
@@ -279,9 +298,7 @@ function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string,
       for (const r of range(R)) lines.push(`${acc}[${r * DC + c}] = fma(vec4<f32>(w${p}[${r}]), x${p}_${c}, ${acc}[${r * DC + c}]);`);
     }
   });
-  return `for (var n = 0u; n < N; n++) {
-          ${lines.join('\n          ')}
-        }`;
+  return unrolled('n', 'N', u, lines.join('\n          '));
 }
 
 /** A block loop's head (opening `for`, staging the current block) and tail (before its closing brace). */
@@ -482,7 +499,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
         ${loop.head}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
-          ${scoreTile('s', 'qs', kv('ks'), k, t.vecScores)}
+          ${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, t.unroll)}
           ${each(
             (a, b) => `{
             let i = iLo + ty + ${TY * a}u; let j = j0 + tx + ${8 * b}u;
@@ -528,7 +545,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
           ${range(R)
             .map((rr) => `{ let cr = crow[ty * R + ${rr}u]; ${range(DC).map((c) => `o[${rr * DC + c}] *= cr;`).join(' ')} }`)
             .join('\n          ')}
-          ${accumulate(R, DC, [['o', 'pt', kv('vs')]])}
+          ${accumulate(R, DC, [['o', 'pt', kv('vs')]], t.unroll)}
           ${loop.tail}
         }
         // the row sums: 8 partial sums per row; the row max from the tx == 0 thread of the row
@@ -620,7 +637,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
         ${loop.head}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-          ${t.fusedScores ? scoreTiles([['s', 'qs', kv('ks')], ['dp', 'dos', kv('vs')]], k, t.vecScores) : `${scoreTile('s', 'qs', kv('ks'), k, t.vecScores)}\n${scoreTile('dp', 'dos', kv('vs'), k, t.vecScores)}`}
+          ${t.fusedScores ? scoreTiles([['s', 'qs', kv('ks')], ['dp', 'dos', kv('vs')]], k, t.vecScores, t.unroll) : `${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, t.unroll)}\n${scoreTile('dp', 'dos', kv('vs'), k, t.vecScores, t.unroll)}`}
           ${range(R)
             .map((a) =>
               range(R)
@@ -638,7 +655,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
             )
             .join('\n')}
           workgroupBarrier();
-          ${accumulate(R, DC, [['dq', 'dst', kv('ks')]])}
+          ${accumulate(R, DC, [['dq', 'dst', kv('ks')]], t.unroll)}
           ${loop.tail}
         }
         ${range(R)
@@ -717,7 +734,7 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
         ${loop.head}
             var s: array<f32, ${R * R}>; ${zero('s', R * R)}
             var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-            ${t.fusedScores ? scoreTiles([['s', 'ks', qo('qs')], ['dp', 'vs', qo('dos')]], k, t.vecScores) : `${scoreTile('s', 'ks', qo('qs'), k, t.vecScores)}\n${scoreTile('dp', 'vs', qo('dos'), k, t.vecScores)}`}
+            ${t.fusedScores ? scoreTiles([['s', 'ks', qo('qs')], ['dp', 'vs', qo('dos')]], k, t.vecScores, t.unroll) : `${scoreTile('s', 'ks', qo('qs'), k, t.vecScores, t.unroll)}\n${scoreTile('dp', 'vs', qo('dos'), k, t.vecScores, t.unroll)}`}
             ${range(R)
               .map((a) =>
                 range(R)
@@ -740,7 +757,7 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
             ${accumulate(R, DC, [
               ['dv', 'pt', qo('dos')],
               ['dk', 'dst', qo('qs')],
-            ])}
+            ], t.unroll)}
             ${loop.tail}
         }
         ${range(R)
