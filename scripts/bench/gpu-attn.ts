@@ -32,7 +32,7 @@ const D = Number(arg('D', '64'));
  * `-np` no prefetching of the next block in any kernel, `-pf` prefetching in every kernel (dK/dV too), `-arr` per-thread arrays, `-sep` the backward's score
  * tiles in separate loops, `-r4` 32 x 32 blocks (4 rows per thread) in every kernel, `-vec` vec4 score
  * accumulators, `-w` 128-thread workgroups in every kernel (`-wq` forward and dQ, `-wf` forward, `-wkv` dK/dV), `-db`
- * double-buffered tiles in every kernel (`-dbq`, `-dbkv`), `-u2`/`-u4`/`-u8` inner loops unrolled (e.g. v2-np-arr).
+ * double-buffered tiles in every kernel (`-dbq`, `-dbkv`), `-u2`/`-u4`/`-u8`/`-u16` inner loops unrolled (e.g. v2-np-arr).
  */
 const impls = arg('impl', 'v1,v2,mixed').split(',');
 /** Seconds of timed repetitions per measurement (after a warm-up and a probe). */
@@ -76,7 +76,7 @@ async function measure(T: number, impl: string): Promise<Row> {
     rows: flags.includes('r4') ? { forward: 4, dq: 4, dkv: 4 } : {},
     vecScores: flags.includes('vec'),
     wide,
-    unroll: Number(flags.find((f) => /^u\d$/.test(f))?.slice(1) ?? 1),
+    unroll: Number(flags.find((f) => /^u\d+$/.test(f))?.slice(1) ?? 1),
     double: flags.includes('db') ? { forward: true, dq: true, dkv: true } : flags.includes('dbq') ? { forward: true, dq: true } : flags.includes('dbkv') ? { dkv: true } : {},
   });
   const q = tf.randomNormal([B, T, H, D]);

@@ -115,7 +115,8 @@ export interface V2Tuning {
   double: Partial<Record<V2Kernel, boolean>>;
   /**
    * Copies of the body per trip of the inner loops (over D in the score tiles, over the walked rows
-   * in the accumulator updates), written out in the WGSL; 1 leaves the unrolling to the driver.
+   * in the accumulator updates), written out in the WGSL (at most the loop's trips); 1 leaves the
+   * unrolling to the driver.
    */
   unroll: number;
 }
@@ -124,8 +125,8 @@ const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, sc
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
-  // the inner loops run D / 4 (a multiple of 8) and N (16 or 32) trips
-  if (next.unroll !== undefined && ![1, 2, 4, 8].includes(next.unroll)) throw new Error(`setV2Tuning: unroll must be 1, 2, 4 or 8, got ${next.unroll}`);
+  // the inner loops run D / 4 (a multiple of 8) and N (16 or 32) trips; copies beyond a loop's trips are dropped
+  if (next.unroll !== undefined && ![1, 2, 4, 8, 16].includes(next.unroll)) throw new Error(`setV2Tuning: unroll must be 1, 2, 4, 8 or 16, got ${next.unroll}`);
   const prev = { ...tuning };
   Object.assign(tuning, next);
   return prev;
@@ -447,6 +448,9 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
 export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.forward;
   const k = blocks(R, threadRows(t, 'forward'));
+  // copies per trip of the loops over D / 4 and over N
+  const uc = Math.min(t.unroll ?? 1, d.D / 4);
+  const un = Math.min(t.unroll ?? 1, k.N);
   const halves = t.double?.forward ? 2 : 1;
   const loop = keyBlocks(k, d.D, prefetch, halves === 2);
   const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
@@ -499,7 +503,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
         ${loop.head}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
-          ${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, t.unroll)}
+          ${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, uc)}
           ${each(
             (a, b) => `{
             let i = iLo + ty + ${TY * a}u; let j = j0 + tx + ${8 * b}u;
@@ -545,7 +549,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
           ${range(R)
             .map((rr) => `{ let cr = crow[ty * R + ${rr}u]; ${range(DC).map((c) => `o[${rr * DC + c}] *= cr;`).join(' ')} }`)
             .join('\n          ')}
-          ${accumulate(R, DC, [['o', 'pt', kv('vs')]], t.unroll)}
+          ${accumulate(R, DC, [['o', 'pt', kv('vs')]], un)}
           ${loop.tail}
         }
         // the row sums: 8 partial sums per row; the row max from the tx == 0 thread of the row
@@ -586,6 +590,9 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
 export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.dq;
   const k = blocks(R, threadRows(t, 'dq'));
+  // copies per trip of the loops over D / 4 and over N
+  const uc = Math.min(t.unroll ?? 1, d.D / 4);
+  const un = Math.min(t.unroll ?? 1, k.N);
   const halves = t.double?.dq ? 2 : 1;
   const loop = keyBlocks(k, d.D, prefetch, halves === 2);
   const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
@@ -637,7 +644,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
         ${loop.head}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-          ${t.fusedScores ? scoreTiles([['s', 'qs', kv('ks')], ['dp', 'dos', kv('vs')]], k, t.vecScores, t.unroll) : `${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, t.unroll)}\n${scoreTile('dp', 'dos', kv('vs'), k, t.vecScores, t.unroll)}`}
+          ${t.fusedScores ? scoreTiles([['s', 'qs', kv('ks')], ['dp', 'dos', kv('vs')]], k, t.vecScores, uc) : `${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, uc)}\n${scoreTile('dp', 'dos', kv('vs'), k, t.vecScores, uc)}`}
           ${range(R)
             .map((a) =>
               range(R)
@@ -655,7 +662,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
             )
             .join('\n')}
           workgroupBarrier();
-          ${accumulate(R, DC, [['dq', 'dst', kv('ks')]], t.unroll)}
+          ${accumulate(R, DC, [['dq', 'dst', kv('ks')]], un)}
           ${loop.tail}
         }
         ${range(R)
@@ -686,6 +693,9 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
 export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
   const prefetch = t.prefetch.dkv;
   const k = blocks(R, threadRows(t, 'dkv'));
+  // copies per trip of the loops over D / 4 and over N
+  const uc = Math.min(t.unroll ?? 1, d.D / 4);
+  const un = Math.min(t.unroll ?? 1, k.N);
   const halves = t.double?.dkv ? 2 : 1;
   const loop = queryBlocks(k, d.D, prefetch, halves === 2);
   const qo = (x: string) => (halves === 2 ? `${x}+qb` : x);
@@ -734,7 +744,7 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
         ${loop.head}
             var s: array<f32, ${R * R}>; ${zero('s', R * R)}
             var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-            ${t.fusedScores ? scoreTiles([['s', 'ks', qo('qs')], ['dp', 'vs', qo('dos')]], k, t.vecScores, t.unroll) : `${scoreTile('s', 'ks', qo('qs'), k, t.vecScores, t.unroll)}\n${scoreTile('dp', 'vs', qo('dos'), k, t.vecScores, t.unroll)}`}
+            ${t.fusedScores ? scoreTiles([['s', 'ks', qo('qs')], ['dp', 'vs', qo('dos')]], k, t.vecScores, uc) : `${scoreTile('s', 'ks', qo('qs'), k, t.vecScores, uc)}\n${scoreTile('dp', 'vs', qo('dos'), k, t.vecScores, uc)}`}
             ${range(R)
               .map((a) =>
                 range(R)
@@ -757,7 +767,7 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
             ${accumulate(R, DC, [
               ['dv', 'pt', qo('dos')],
               ['dk', 'dst', qo('qs')],
-            ], t.unroll)}
+            ], un)}
             ${loop.tail}
         }
         ${range(R)

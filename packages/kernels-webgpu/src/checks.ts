@@ -708,6 +708,7 @@ export async function runChecks(opts: { scale?: number; seed?: number; log?: (r:
     ['v2 with double-buffered tiles, no prefetch', 'v2', { double: { forward: true, dq: true, dkv: true }, prefetch: { forward: false, dq: false, dkv: false } }, v2Cases.slice(1, 2)],
     ['v2 with inner loops unrolled 4 times', 'v2', { unroll: 4 }, v2Cases.slice(0, 2)],
     ['v2 with inner loops unrolled 8 times, vec4 scores, 128-thread forward', 'v2', { unroll: 8, vecScores: true, wide: { forward: true } }, v2Cases.slice(1, 3)],
+    ['v2 with inner loops written out in full, vec4 scores, 128-thread forward', 'v2', { unroll: 16, vecScores: true, wide: { forward: true } }, v2Cases.slice(0, 2)],
     ['v2 with 128-thread workgroups, 32-row blocks', 'v2', { wide: { forward: true, dq: true, dkv: true }, rows: { forward: 4, dq: 4, dkv: 4 } }, v2Cases.slice(3, 4)],
   ];
   for (const [label, gen, tuning, cases] of variants) {
