@@ -14,7 +14,10 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { FLASH_ATTENTION, flashAttention, kernelActive, registerWebGpuKernels, type FlashAttentionOptions } from '@tsformer/kernels-webgpu';
-import { setFlashAttentionImpl, setV2Tuning, type FlashAttentionImpl } from '@tsformer/kernels-webgpu';
+import { setFlashAttentionImpl, setV2Tuning, v2TuningFromFlags, type FlashAttentionImpl } from '@tsformer/kernels-webgpu';
+
+/** The library's v2 choices, before any run's flags. */
+const defaults = setV2Tuning({});
 import { profileGpu, releasePool, timer } from './gpu-common.js';
 import { geometricSlopes, relRms } from '../../packages/kernels-webgpu/src/checks.js';
 
@@ -28,11 +31,8 @@ const B = Number(arg('B', '8'));
 const H = Number(arg('H', '12'));
 const D = Number(arg('D', '64'));
 /**
- * Kernel sets; suffixes change the v2 kernels' code-generation defaults (setV2Tuning):
- * `-np` no prefetching of the next block in any kernel, `-pf` prefetching in every kernel (dK/dV too), `-arr` per-thread arrays, `-sep` the backward's score
- * tiles in separate loops, `-r4` 32 x 32 blocks (4 rows per thread) in every kernel, `-vec` vec4 score
- * accumulators, `-w` 128-thread workgroups in every kernel (`-wq` forward and dQ, `-wf` forward, `-wkv` dK/dV), `-db`
- * double-buffered tiles in every kernel (`-dbq`, `-dbkv`), `-u2`/`-u4`/`-u8`/`-u16` inner loops unrolled (e.g. v2-np-arr).
+ * Kernel sets; dash-separated suffixes change the v2 kernels' code-generation defaults (see
+ * v2TuningFromFlags: e.g. v2-np-arr, v2-dot-w0-u1 for the tenth run's choices).
  */
 const impls = arg('impl', 'v1,v2,mixed').split(',');
 /** Seconds of timed repetitions per measurement (after a warm-up and a probe). */
@@ -59,26 +59,7 @@ interface Row {
 async function measure(T: number, impl: string): Promise<Row> {
   const [set, ...flags] = impl.split('-');
   setFlashAttentionImpl(set as FlashAttentionImpl);
-  const pf = !flags.includes('np');
-  const wide = flags.includes('w')
-    ? { forward: true, dq: true, dkv: true }
-    : flags.includes('wq')
-      ? { forward: true, dq: true }
-      : flags.includes('wf')
-        ? { forward: true }
-        : flags.includes('wkv')
-          ? { dkv: true }
-          : {};
-  setV2Tuning({
-    prefetch: flags.includes('pf') ? { forward: true, dq: true, dkv: true } : { forward: pf, dq: pf, dkv: false },
-    scalars: !flags.includes('arr'),
-    fusedScores: !flags.includes('sep'),
-    rows: flags.includes('r4') ? { forward: 4, dq: 4, dkv: 4 } : {},
-    vecScores: flags.includes('vec'),
-    wide,
-    unroll: Number(flags.find((f) => /^u\d+$/.test(f))?.slice(1) ?? 1),
-    double: flags.includes('db') ? { forward: true, dq: true, dkv: true } : flags.includes('dbq') ? { forward: true, dq: true } : flags.includes('dbkv') ? { dkv: true } : {},
-  });
+  setV2Tuning(v2TuningFromFlags(flags, defaults));
   const q = tf.randomNormal([B, T, H, D]);
   const k = tf.randomNormal([B, T, H, D]);
   const v = tf.randomNormal([B, T, H, D]);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { dkvProgramV2, dqProgramV2, forwardProgramV2, scalarizeArrays } from './attention-v2.js';
+import { dkvProgramV2, dqProgramV2, forwardProgramV2, scalarizeArrays, setV2Tuning, v2TuningFromFlags } from './attention-v2.js';
 
 // Code generation of the v2 attention kernels (their arithmetic is checked in Chromium and on the H100).
 
@@ -66,4 +66,19 @@ describe('v2 kernel bodies', () => {
       expect(plain.body).not.toMatch(/if \((j0 \+ N < kHi|it \+ 1u < G \* NI)\)/);
     });
   }
+});
+
+describe('v2TuningFromFlags', () => {
+  const base = setV2Tuning({});
+  it('applies each flag on top of the defaults and leaves the defaults alone', () => {
+    const t = v2TuningFromFlags(['np', 'dot', 'w0', 'u1', 'dbkv', 'arr'], base);
+    expect(t).toMatchObject({ prefetch: { forward: false, dq: false, dkv: false }, vecScores: false, wide: {}, unroll: 1, double: { dkv: true }, scalars: false });
+    expect(v2TuningFromFlags([], base)).toEqual(base);
+    expect(setV2Tuning({})).toEqual(base);
+    expect(v2TuningFromFlags(['pf', 'r4', 'w', 'u16'], base)).toMatchObject({ prefetch: { forward: true, dq: true, dkv: true }, rows: { forward: 4, dq: 4, dkv: 4 }, wide: { forward: true, dq: true, dkv: true }, unroll: 16 });
+  });
+
+  it('names a flag it does not know', () => {
+    expect(() => v2TuningFromFlags(['vecc'], base)).toThrow(/v2 tuning flag 'vecc'/);
+  });
 });

@@ -121,7 +121,21 @@ export interface V2Tuning {
   unroll: number;
 }
 
-const tuning: V2Tuning = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, rows: {}, vecScores: false, wide: {}, double: {}, unroll: 1 };
+/**
+ * The measured best on the H100 (eleventh run, GPU ms of forward+backward at T = 1024 / 4096 / 16384:
+ * 3.41-3.47 / 52.9 / 836 against 3.60-3.74 / 56.8-57.0 / 899 for the tenth run's choices, which
+ * were dot-product scores, 64-thread forward and the loops left to the driver).
+ */
+const tuning: V2Tuning = {
+  prefetch: { forward: true, dq: true, dkv: false },
+  scalars: true,
+  fusedScores: true,
+  rows: {},
+  vecScores: true,
+  wide: { forward: true },
+  double: {},
+  unroll: 8,
+};
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
@@ -130,6 +144,38 @@ export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
   const prev = { ...tuning };
   Object.assign(tuning, next);
   return prev;
+}
+
+const ALL = { forward: true, dq: true, dkv: true } as const;
+
+/**
+ * The tuning named by dash-separated flags on top of `base` (for A/B runs, e.g. `np-arr`):
+ * `np` / `pf` no prefetch / prefetch in every kernel, `arr` per-thread arrays, `sep` separate
+ * backward score loops, `r4` 32 x 32 blocks, `vec` / `dot` vec4 / dot-product score accumulators,
+ * `w` / `wq` / `wf` / `wkv` / `w0` 128-thread workgroups in every kernel / forward and dQ / forward
+ * / dK,dV / none, `db` / `dbq` / `dbkv` double-buffered tiles likewise, `u1`..`u16` unrolling.
+ */
+export function v2TuningFromFlags(flags: string[], base: V2Tuning): V2Tuning {
+  const t: V2Tuning = { ...base, prefetch: { ...base.prefetch }, rows: { ...base.rows }, wide: { ...base.wide }, double: { ...base.double } };
+  for (const f of flags) {
+    if (f === 'np') t.prefetch = { forward: false, dq: false, dkv: false };
+    else if (f === 'pf') t.prefetch = { ...ALL };
+    else if (f === 'arr') t.scalars = false;
+    else if (f === 'sep') t.fusedScores = false;
+    else if (f === 'r4') t.rows = { forward: 4, dq: 4, dkv: 4 };
+    else if (f === 'vec' || f === 'dot') t.vecScores = f === 'vec';
+    else if (f === 'w') t.wide = { ...ALL };
+    else if (f === 'wq') t.wide = { forward: true, dq: true };
+    else if (f === 'wf') t.wide = { forward: true };
+    else if (f === 'wkv') t.wide = { dkv: true };
+    else if (f === 'w0') t.wide = {};
+    else if (f === 'db') t.double = { ...ALL };
+    else if (f === 'dbq') t.double = { forward: true, dq: true };
+    else if (f === 'dbkv') t.double = { dkv: true };
+    else if (/^u\d+$/.test(f)) t.unroll = Number(f.slice(1));
+    else throw new Error(`v2 tuning flag '${f}' is not one of np, pf, arr, sep, r4, vec, dot, w, wq, wf, wkv, w0, db, dbq, dbkv, u1..u16`);
+  }
+  return t;
 }
 
 /** The choices that change a kernel's WGSL (rows change it through R). */

@@ -10,7 +10,7 @@ export {
   FLASH_ATTENTION_GRAD,
   type FlashAttentionOptions,
 } from './attention.js';
-export { setV2Tuning, type V2Tuning } from './attention-v2.js';
+export { setV2Tuning, v2TuningFromFlags, type V2Tuning } from './attention-v2.js';
 export { rmsNorm, rmsNormComposite, RMS_NORM, RMS_NORM_GATED, RMS_NORM_GRAD } from './rmsnorm.js';
 export { layerNorm, layerNormComposite, LAYER_NORM, LAYER_NORM_GRAD } from './layernorm.js';
 export { gelu, geluComposite, GELU, GELU_GRAD } from './gelu.js';
