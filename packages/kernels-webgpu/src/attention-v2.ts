@@ -484,6 +484,23 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
         let blkIdx = ${heavyFirst === 'low' ? 'blk' : 'NB - 1u - blk'};`;
 }
 
+/** What a v2 kernel's code generation derives from the shape, R and the tuning. */
+function plan(d: Dims, R: number, t: V2CodeGen, kernel: V2Kernel) {
+  const k = blocks(R, threadRows(t, kernel));
+  return {
+    k,
+    ...k,
+    prefetch: t.prefetch[kernel],
+    double: !!t.double?.[kernel],
+    halves: t.double?.[kernel] ? 2 : 1,
+    // copies per trip of the loops over D / 4 and over N
+    uc: Math.min(t.unroll ?? 1, d.D / 4),
+    un: Math.min(t.unroll ?? 1, k.N),
+    DC: d.D / 32,
+    NB: Math.ceil(d.T / k.M),
+  };
+}
+
 /**
  * Forward: o [B, T, H, D] then lse [B, H, T], packed. Per key block: S (R x R per thread, rows
  * ty + 8a, keys tx + 8b); the row max through workgroup memory (8 partial maxima per row); each
@@ -492,17 +509,9 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
  * accumulator tile (rows ty R + r).
  */
 export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const prefetch = t.prefetch.forward;
-  const k = blocks(R, threadRows(t, 'forward'));
-  // copies per trip of the loops over D / 4 and over N
-  const uc = Math.min(t.unroll ?? 1, d.D / 4);
-  const un = Math.min(t.unroll ?? 1, k.N);
-  const halves = t.double?.forward ? 2 : 1;
-  const loop = keyBlocks(k, d.D, prefetch, halves === 2);
+  const { k, M, N, TY, DC, NB, uc, un, halves, prefetch, double } = plan(d, R, t, 'forward');
+  const loop = keyBlocks(k, d.D, prefetch, double);
   const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
-  const { M, N, TY } = k;
-  const DC = d.D / 32;
-  const NB = Math.ceil(d.T / M);
   const each = (f: (a: number, b: number) => string) =>
     range(R)
       .flatMap((a) => range(R).map((b) => f(a, b)))
@@ -634,17 +643,9 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
  * thread), dS = P (dP - delta) into workgroup memory as dS^T, then dq += dS K; dq = scale * that.
  */
 export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const prefetch = t.prefetch.dq;
-  const k = blocks(R, threadRows(t, 'dq'));
-  // copies per trip of the loops over D / 4 and over N
-  const uc = Math.min(t.unroll ?? 1, d.D / 4);
-  const un = Math.min(t.unroll ?? 1, k.N);
-  const halves = t.double?.dq ? 2 : 1;
-  const loop = keyBlocks(k, d.D, prefetch, halves === 2);
+  const { k, M, N, TY, DC, NB, uc, un, halves, prefetch, double } = plan(d, R, t, 'dq');
+  const loop = keyBlocks(k, d.D, prefetch, double);
   const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
-  const { M, N, TY } = k;
-  const DC = d.D / 32;
-  const NB = Math.ceil(d.T / M);
   const key = keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t, 'dq')]);
   return cachedProgram(key, () => ({
     key,
@@ -737,18 +738,10 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
  * by queries), P^T and dS^T into workgroup memory, then dv += P^T dO and dk += dS^T (scale q).
  */
 export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const prefetch = t.prefetch.dkv;
-  const k = blocks(R, threadRows(t, 'dkv'));
-  // copies per trip of the loops over D / 4 and over N
-  const uc = Math.min(t.unroll ?? 1, d.D / 4);
-  const un = Math.min(t.unroll ?? 1, k.N);
-  const halves = t.double?.dkv ? 2 : 1;
-  const loop = queryBlocks(k, d.D, prefetch, halves === 2);
+  const { k, M, N, TY, DC, NB, uc, un, halves, prefetch, double } = plan(d, R, t, 'dkv');
+  const loop = queryBlocks(k, d.D, prefetch, double);
   const qo = (x: string) => (halves === 2 ? `${x}+qb` : x);
   const lb = halves === 2 ? 'lb + ' : '';
-  const { M, N, TY } = k;
-  const DC = d.D / 32;
-  const NB = Math.ceil(d.T / M);
   const key = keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t, 'dkv')]);
   return cachedProgram(key, () => ({
     key,
