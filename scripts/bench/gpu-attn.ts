@@ -15,11 +15,11 @@ import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { FLASH_ATTENTION, flashAttention, kernelActive, registerWebGpuKernels, type FlashAttentionOptions } from '@tsformer/kernels-webgpu';
 import { setFlashAttentionImpl, setV2Tuning, v2TuningFromFlags, type FlashAttentionImpl } from '@tsformer/kernels-webgpu';
+import { profileGpu, releasePool, timer } from './gpu-common.js';
+import { geometricSlopes, relRms } from '../../packages/kernels-webgpu/src/checks.js';
 
 /** The library's v2 choices, before any run's flags. */
 const defaults = setV2Tuning({});
-import { profileGpu, releasePool, timer } from './gpu-common.js';
-import { geometricSlopes, relRms } from '../../packages/kernels-webgpu/src/checks.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, dflt: string) => {
@@ -58,6 +58,7 @@ interface Row {
 
 async function measure(T: number, impl: string): Promise<Row> {
   const [set, ...flags] = impl.split('-');
+  if (!['v1', 'v2', 'mixed'].includes(set!)) throw new Error(`--impl ${impl}: the kernel set must be v1, v2 or mixed`);
   setFlashAttentionImpl(set as FlashAttentionImpl);
   setV2Tuning(v2TuningFromFlags(flags, defaults));
   const q = tf.randomNormal([B, T, H, D]);

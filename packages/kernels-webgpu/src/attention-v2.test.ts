@@ -25,7 +25,7 @@ describe('v2 kernel bodies', () => {
     ['dq', dqProgramV2],
     ['dkv', dkvProgramV2],
   ] as const) {
-    it(`${name}: no per-thread arrays with scalars, arrays without; each choice (prefetch, vec4 scores, wide blocks, double buffers, unrolling) its own key`, () => {
+    it(`${name}: no per-thread arrays with scalars, arrays without; each choice (prefetch, vec4 scores, wide blocks, unrolling) its own key`, () => {
       const scalars = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: false });
       const arrays = make(d, r, 4, { prefetch: all(true), scalars: false, fusedScores: false });
       const plain = make(d, r, 4, { prefetch: all(false), scalars: true, fusedScores: false });
@@ -33,7 +33,6 @@ describe('v2 kernel bodies', () => {
       const vec = make(d, r, 4, { prefetch: all(true), scalars: true, fusedScores: true, vecScores: true });
       const wide = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, wide: { [name]: true } });
       const narrow = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, wide: {} });
-      const double = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, double: { [name]: true } });
       expect(scalars.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l|sv|dpv): array</);
       expect(vec.body).not.toMatch(/var (s|dp|o|dq|dk|dv|m|l|sv|dpv): array</);
       expect(arrays.body).toMatch(/var (s|dp): array</);
@@ -41,15 +40,9 @@ describe('v2 kernel bodies', () => {
       const unrolled = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, unroll: 4 });
       expect(unrolled.body).toMatch(/for \(var c0 = 0u; c0 < D4; c0 \+= 4u\)/);
       expect(unrolled.body).toMatch(/let n = n0 \+ 3u;/);
-      const programs = [scalars, arrays, plain, fused, vec, wide, narrow, double, unrolled];
+      const programs = [scalars, arrays, plain, fused, vec, wide, narrow, unrolled];
       for (const a of programs) for (const b of programs) expect(a.shaderKey === b.shaderKey).toBe(a.body === b.body);
-      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 8 : 9);
-      // double-buffered tiles: one barrier fewer per block, the walked side's tiles twice as long
-      const barriers = (b: string) => b.split('workgroupBarrier()').length - 1;
-      expect(barriers(double.body)).toBe(barriers(narrow.body) - 1);
-      const tile = name === 'dkv' ? 'qs' : 'ks';
-      const len = (b: string) => Number(new RegExp(`var<workgroup> ${tile}: array<vec4<f32>, (\\d+)>`).exec(b)![1]);
-      expect(len(double.body)).toBe(2 * len(narrow.body));
+      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 7 : 8);
       // vec4 score accumulators: fmas into vec4 lanes, no dot products in the score loops
       expect(vec.body).not.toMatch(/\+= dot\(/);
       expect(vec.body).toMatch(/sv_0 = fma\(/);
@@ -71,8 +64,8 @@ describe('v2 kernel bodies', () => {
 describe('v2TuningFromFlags', () => {
   const base = setV2Tuning({});
   it('applies each flag on top of the defaults and leaves the defaults alone', () => {
-    const t = v2TuningFromFlags(['np', 'dot', 'w0', 'u1', 'dbkv', 'arr'], base);
-    expect(t).toMatchObject({ prefetch: { forward: false, dq: false, dkv: false }, vecScores: false, wide: {}, unroll: 1, double: { dkv: true }, scalars: false });
+    const t = v2TuningFromFlags(['np', 'dot', 'w0', 'u1', 'arr'], base);
+    expect(t).toMatchObject({ prefetch: { forward: false, dq: false, dkv: false }, vecScores: false, wide: {}, unroll: 1, scalars: false });
     expect(v2TuningFromFlags([], base)).toEqual(base);
     expect(setV2Tuning({})).toEqual(base);
     expect(v2TuningFromFlags(['pf', 'r4', 'w', 'u16'], base)).toMatchObject({ prefetch: { forward: true, dq: true, dkv: true }, rows: { forward: 4, dq: 4, dkv: 4 }, wide: { forward: true, dq: true, dkv: true }, unroll: 16 });

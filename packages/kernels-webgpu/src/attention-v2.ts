@@ -45,12 +45,9 @@ function blocks(R: number, TY: number): Blocks {
 /** Thread rows of a kernel: 16 where tuning.wide asks for it, else 8. */
 const threadRows = (t: Partial<Pick<V2Tuning, 'wide'>>, kernel?: V2Kernel) => (kernel && t.wide?.[kernel] ? 16 : 8);
 
-/**
- * Workgroup bytes of the largest v2 kernel (dK/dV) for a block shape, `halves` copies of the walked
- * side's tiles (a bound for all three kernels).
- */
-function bytesV2(D: number, k: Blocks, halves = 1): number {
-  return (2 * k.M + 2 * halves * k.N) * (D / 4 + 1) * 16 + 2 * k.N * (k.M / k.R + 1) * k.R * 4 + 2 * halves * Math.max(k.M, k.N) * 4 + 16;
+/** Workgroup bytes of the largest v2 kernel (dK/dV) for a block shape (a bound for all three). */
+function bytesV2(D: number, k: Blocks): number {
+  return (2 * k.M + 2 * k.N) * (D / 4 + 1) * 16 + 2 * k.N * (k.M / k.R + 1) * k.R * 4 + 2 * Math.max(k.M, k.N) * 4 + 16;
 }
 
 /**
@@ -65,9 +62,8 @@ export function v2Rows(D: number, limit: number, kernel?: V2Kernel): 4 | 2 | und
   // many warps share an SM, and these kernels are bound by latency, not by workgroup-memory traffic
   const asked = (kernel ? tuning.rows[kernel] : undefined) ?? 2;
   const TY = threadRows(tuning, kernel);
-  const halves = kernel && tuning.double[kernel] ? 2 : 1;
-  if (asked === 4 && bytesV2(D, blocks(4, TY), halves) <= limit) return 4;
-  if (bytesV2(D, blocks(2, TY), halves) <= limit) return 2;
+  if (asked === 4 && bytesV2(D, blocks(4, TY)) <= limit) return 4;
+  if (bytesV2(D, blocks(2, TY)) <= limit) return 2;
   return undefined;
 }
 
@@ -107,13 +103,6 @@ export interface V2Tuning {
    */
   wide: Partial<Record<V2Kernel, boolean>>;
   /**
-   * Per kernel: two halves for the walked side's tiles (K and V in the forward and dQ; q, dO, lse
-   * and delta in dK/dV): the next block is stashed into the other half at the end of an iteration, so
-   * an iteration has one barrier fewer (none is needed between the last reads of a half and the
-   * next writes into the other).
-   */
-  double: Partial<Record<V2Kernel, boolean>>;
-  /**
    * Copies of the body per trip of the inner loops (over D in the score tiles, over the walked rows
    * in the accumulator updates), written out in the WGSL (at most the loop's trips); 1 leaves the
    * unrolling to the driver.
@@ -133,7 +122,6 @@ const tuning: V2Tuning = {
   rows: {},
   vecScores: true,
   wide: { forward: true },
-  double: {},
   unroll: 8,
 };
 
@@ -153,10 +141,10 @@ const ALL = { forward: true, dq: true, dkv: true } as const;
  * `np` / `pf` no prefetch / prefetch in every kernel, `arr` per-thread arrays, `sep` separate
  * backward score loops, `r4` 32 x 32 blocks, `vec` / `dot` vec4 / dot-product score accumulators,
  * `w` / `wq` / `wf` / `wkv` / `w0` 128-thread workgroups in every kernel / forward and dQ / forward
- * / dK,dV / none, `db` / `dbq` / `dbkv` double-buffered tiles likewise, `u1`..`u16` unrolling.
+ * / dK,dV / none, `u1`..`u16` unrolling.
  */
 export function v2TuningFromFlags(flags: string[], base: V2Tuning): V2Tuning {
-  const t: V2Tuning = { ...base, prefetch: { ...base.prefetch }, rows: { ...base.rows }, wide: { ...base.wide }, double: { ...base.double } };
+  const t: V2Tuning = { ...base, prefetch: { ...base.prefetch }, rows: { ...base.rows }, wide: { ...base.wide } };
   for (const f of flags) {
     if (f === 'np') t.prefetch = { forward: false, dq: false, dkv: false };
     else if (f === 'pf') t.prefetch = { ...ALL };
@@ -169,21 +157,18 @@ export function v2TuningFromFlags(flags: string[], base: V2Tuning): V2Tuning {
     else if (f === 'wf') t.wide = { forward: true };
     else if (f === 'wkv') t.wide = { dkv: true };
     else if (f === 'w0') t.wide = {};
-    else if (f === 'db') t.double = { ...ALL };
-    else if (f === 'dbq') t.double = { forward: true, dq: true };
-    else if (f === 'dbkv') t.double = { dkv: true };
     else if (/^u\d+$/.test(f)) t.unroll = Number(f.slice(1));
-    else throw new Error(`v2 tuning flag '${f}' is not one of np, pf, arr, sep, r4, vec, dot, w, wq, wf, wkv, w0, db, dbq, dbkv, u1..u16`);
+    else throw new Error(`v2 tuning flag '${f}' is not one of np, pf, arr, sep, r4, vec, dot, w, wq, wf, wkv, w0, u1..u16`);
   }
   return t;
 }
 
 /** The choices that change a kernel's WGSL (rows change it through R). */
-export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide' | 'double' | 'unroll'>>;
+export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide' | 'unroll'>>;
 
 /** The bits of a kernel's key that its WGSL depends on (the forward has no backward score loop). */
 const tuningKey = (t: V2CodeGen, kernel: V2Kernel) =>
-  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0) + (t.double?.[kernel] ? 32 : 0) + 64 * ((t.unroll ?? 1) - 1);
+  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0) + 32 * ((t.unroll ?? 1) - 1);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
@@ -260,9 +245,9 @@ function fetchTile(m: TileMove, src: string, heads: string, r0: string, scale = 
     .join('\n        ');
 }
 
-function stashTile(m: TileMove, tile: string, off = ''): string {
+function stashTile(m: TileMove, tile: string): string {
   return range(m.n)
-    .map((i) => `{ let e = localIndex + ${i * m.threads}u; ${tile}[${off ? `${off} + ` : ''}(e / D4) * RS + e % D4] = ${m.reg}${i}; }`)
+    .map((i) => `{ let e = localIndex + ${i * m.threads}u; ${tile}[(e / D4) * RS + e % D4] = ${m.reg}${i}; }`)
     .join('\n        ');
 }
 
@@ -290,12 +275,6 @@ function unrolled(v: string, bound: string, u: number, body: string): string {
         }`;
 }
 
-/** An element of a tile named `name` or `name+offset` (a half of a double-buffered tile). */
-function at(tile: string, idx: string): string {
-  const [name, off] = tile.split('+');
-  return off ? `${name}[${off} + ${idx}]` : `${name}[${idx}]`;
-}
-
 /**
  * acc[a R + b] += A[row ty + TY a] . Bt[row tx + 8b] over D, both padded tiles (a score micro-tile).
  */
@@ -313,8 +292,8 @@ function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Block
   const before: string[] = [];
   const after: string[] = [];
   parts.forEach(([acc, A, Bt], p) => {
-    for (const a of range(R)) lines.push(`let a${p}_${a} = ${at(A, `(ty + ${TY * a}u) * RS + c`)};`);
-    for (const b of range(R)) lines.push(`let b${p}_${b} = ${at(Bt, `(tx + ${8 * b}u) * RS + c`)};`);
+    for (const a of range(R)) lines.push(`let a${p}_${a} = ${A}[(ty + ${TY * a}u) * RS + c];`);
+    for (const b of range(R)) lines.push(`let b${p}_${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
     for (const a of range(R))
       for (const b of range(R)) {
         const i = a * R + b;
@@ -341,82 +320,50 @@ function accumulate(R: number, DC: number, parts: Array<[acc: string, w: string,
   parts.forEach(([acc, w, X], p) => {
     lines.push(`let w${p} = ${w}[n * PS + ty];`);
     for (const c of range(DC)) {
-      lines.push(`let x${p}_${c} = ${at(X, `n * RS + tx + ${8 * c}u`)};`);
+      lines.push(`let x${p}_${c} = ${X}[n * RS + tx + ${8 * c}u];`);
       for (const r of range(R)) lines.push(`${acc}[${r * DC + c}] = fma(vec4<f32>(w${p}[${r}]), x${p}_${c}, ${acc}[${r * DC + c}]);`);
     }
   });
   return unrolled('n', 'N', u, lines.join('\n          '));
 }
 
-/** A block loop's head (opening `for`, staging the current block) and tail (before its closing brace). */
-interface BlockLoop {
-  head: string;
-  tail: string;
-}
-
 /**
- * The forward's and dQ's loop over key blocks j0 of N keys (kLo, kHi and g in scope): K and V tiles
- * into ks and vs, between barriers. With `prefetch` the next block's rows are read into registers
- * right after the stash, so their global loads overlap this block's arithmetic. With `double` the
- * tiles have two halves (this block's at offset kb): the next block is stashed into the other half
- * at the end of the iteration, and one barrier at the top serves both the stash and the reuse.
+ * The head of the forward's and dQ's loop over key blocks j0 of N keys (kLo, kHi and g in scope): K
+ * and V tiles into ks and vs, between barriers. With `prefetch` the next block's rows are read into
+ * registers right after the stash, so their global loads overlap this block's arithmetic.
  */
-function keyBlocks(k0: Blocks, D: number, prefetch: boolean, double = false): BlockLoop {
+function keyBlocks(k0: Blocks, D: number, prefetch: boolean): string {
   const k = tileMove('kr', k0.N, D, k0.threads);
   const v = tileMove('vr', k0.N, D, k0.threads);
   const fetch = (r0: string) => `{ let hd = g; ${fetchTile(k, 'K', 'HKV', r0)}
         ${fetchTile(v, 'V', 'HKV', r0)} }`;
-  const stash = (off = '') => `${stashTile(k, 'ks', off)}
-        ${stashTile(v, 'vs', off)}`;
-  const regs = `${declareRegs(k)} ${declareRegs(v)}`;
-  if (double) {
-    return {
-      head: `${regs}
-        let jFirst = (kLo / N) * N;
-        ${fetch('jFirst')}
-        ${stash()}
-        for (var j0 = jFirst; j0 < kHi; j0 += N) {
-          let kb = (((j0 - jFirst) / N) & 1u) * (N * RS); // this block's half
-          workgroupBarrier();
-          ${prefetch ? `if (j0 + N < kHi) { let jn = j0 + N; ${fetch('jn')} }` : ''}`,
-      tail: `if (j0 + N < kHi) {
-            ${prefetch ? '' : `{ let jn = j0 + N; ${fetch('jn')} }`}
-            ${stash('(N * RS - kb)')}
-          }`,
-    };
-  }
+  const stash = `${stashTile(k, 'ks')}
+        ${stashTile(v, 'vs')}`;
   if (!prefetch) {
-    return {
-      head: `${regs}
+    return `${declareRegs(k)} ${declareRegs(v)}
         for (var j0 = (kLo / N) * N; j0 < kHi; j0 += N) {
           workgroupBarrier();
           ${fetch('j0')}
-          ${stash()}
-          workgroupBarrier();`,
-      tail: '',
-    };
+          ${stash}
+          workgroupBarrier();`;
   }
-  return {
-    head: `${regs}
+  return `${declareRegs(k)} ${declareRegs(v)}
         let jFirst = (kLo / N) * N;
         ${fetch('jFirst')}
         for (var j0 = jFirst; j0 < kHi; j0 += N) {
           workgroupBarrier();
-          ${stash()}
+          ${stash}
           workgroupBarrier();
-          if (j0 + N < kHi) { let jn = j0 + N; ${fetch('jn')} }`,
-    tail: '',
-  };
+          if (j0 + N < kHi) { let jn = j0 + N; ${fetch('jn')} }`;
 }
 
 /**
- * The dK/dV kernel's loop over (query head, query block of N): the blocks [jLo, iHi) of each of the
- * G query heads of kv head g as one sequence it = hh NI + n (h, i0 and slope in scope), the q
+ * The head of the dK/dV kernel's loop over (query head, query block of N): the blocks [jLo, iHi) of each
+ * of the G query heads of kv head g as one sequence it = hh NI + n (h, i0 and slope in scope), the q
  * (scaled) and dO tiles into qs and dos, lse and delta into lset and deltat. With `prefetch` the
- * next pair's rows are read into registers while this one is computed; with `double` the tiles have
- * two halves (this pair's at offsets qb and lb) as in keyBlocks.
+ * next pair's rows are read into registers while this one is computed.
  */
-function queryBlocks(k: Blocks, D: number, prefetch: boolean, double = false): BlockLoop {
+function queryBlocks(k: Blocks, D: number, prefetch: boolean): string {
   const q = tileMove('qr', k.N, D, k.threads);
   const o = tileMove('or', k.N, D, k.threads);
   const fetch = (hExpr: string, r0: string) => `{ let hd = ${hExpr}; ${fetchTile(q, 'Q', 'H', r0, ' * SCALE')}
@@ -426,54 +373,30 @@ function queryBlocks(k: Blocks, D: number, prefetch: boolean, double = false): B
           lseR = LSE[row];
           deltaR = select(DELTA[row], 0.0, SIGMOID);
         } }`;
-  const stash = (off = '', loff = '') => `${stashTile(q, 'qs', off)}
-        ${stashTile(o, 'dos', off)}
-        if (localIndex < N) { lset[${loff ? `${loff} + ` : ''}localIndex] = lseR; deltat[${loff ? `${loff} + ` : ''}localIndex] = deltaR; }`;
+  const stash = `${stashTile(q, 'qs')}
+        ${stashTile(o, 'dos')}
+        if (localIndex < N) { lset[localIndex] = lseR; deltat[localIndex] = deltaR; }`;
   const head = `${declareRegs(q)} ${declareRegs(o)} var lseR = 0.0; var deltaR = 0.0;
         let NI = (iHi - jLo + N - 1u) / N;`;
   const position = `let h = g * G + it / NI; let i0 = jLo + (it % NI) * N;
           let slope = select(0.0, S[h], ALIBI);`;
-  const fetchNext = `{ let hn = g * G + (it + 1u) / NI; let inext = jLo + ((it + 1u) % NI) * N; ${fetch('hn', 'inext')} }`;
-  if (double) {
-    return {
-      head: `${head}
-        ${fetch('g * G', 'jLo')}
-        ${stash()}
-        for (var it = 0u; it < G * NI; it++) {
-          ${position}
-          let qb = (it & 1u) * (N * RS); // this pair's half
-          let lb = (it & 1u) * N;
-          workgroupBarrier();
-          ${prefetch ? `if (it + 1u < G * NI) ${fetchNext}` : ''}`,
-      tail: `if (it + 1u < G * NI) {
-            ${prefetch ? '' : fetchNext}
-            ${stash('(N * RS - qb)', '(N - lb)')}
-          }`,
-    };
-  }
   if (!prefetch) {
-    return {
-      head: `${head}
+    return `${head}
         for (var it = 0u; it < G * NI; it++) {
           ${position}
           workgroupBarrier();
           ${fetch('h', 'i0')}
-          ${stash()}
-          workgroupBarrier();`,
-      tail: '',
-    };
+          ${stash}
+          workgroupBarrier();`;
   }
-  return {
-    head: `${head}
+  return `${head}
         ${fetch('g * G', 'jLo')}
         for (var it = 0u; it < G * NI; it++) {
           ${position}
           workgroupBarrier();
-          ${stash()}
+          ${stash}
           workgroupBarrier();
-          if (it + 1u < G * NI) ${fetchNext}`,
-    tail: '',
-  };
+          if (it + 1u < G * NI) { let hn = g * G + (it + 1u) / NI; let inext = jLo + ((it + 1u) % NI) * N; ${fetch('hn', 'inext')} }`;
 }
 
 /** The scheduling order: blocks of equal weight together, the heaviest first. */
@@ -491,8 +414,6 @@ function plan(d: Dims, R: number, t: V2CodeGen, kernel: V2Kernel) {
     k,
     ...k,
     prefetch: t.prefetch[kernel],
-    double: !!t.double?.[kernel],
-    halves: t.double?.[kernel] ? 2 : 1,
     // copies per trip of the loops over D / 4 and over N
     uc: Math.min(t.unroll ?? 1, d.D / 4),
     un: Math.min(t.unroll ?? 1, k.N),
@@ -509,9 +430,7 @@ function plan(d: Dims, R: number, t: V2CodeGen, kernel: V2Kernel) {
  * accumulator tile (rows ty R + r).
  */
 export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const { k, M, N, TY, DC, NB, uc, un, halves, prefetch, double } = plan(d, R, t, 'forward');
-  const loop = keyBlocks(k, d.D, prefetch, double);
-  const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
+  const { k, M, N, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'forward');
   const each = (f: (a: number, b: number) => string) =>
     range(R)
       .flatMap((a) => range(R).map((b) => f(a, b)))
@@ -528,8 +447,8 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
       ${constants(d, r)}
       ${tileConstants(d, k)}
       var<workgroup> qs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
-      var<workgroup> ks: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
-      var<workgroup> vs: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
       var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P^T: [key][query / R]
       var<workgroup> part: array<f32, ${M * 8}>; // per query row, one partial max (then sum) per tx
       var<workgroup> crow: array<f32, ${M}>; // per query row: the correction of o, then the final max
@@ -556,9 +475,9 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         let kHi = min(T, iLo + M);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        ${loop.head}
+        ${keyBlocks(k, d.D, prefetch)}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
-          ${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, uc)}
+          ${scoreTile('s', 'qs', 'ks', k, t.vecScores, uc)}
           ${each(
             (a, b) => `{
             let i = iLo + ty + ${TY * a}u; let j = j0 + tx + ${8 * b}u;
@@ -604,8 +523,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
           ${range(R)
             .map((rr) => `{ let cr = crow[ty * R + ${rr}u]; ${range(DC).map((c) => `o[${rr * DC + c}] *= cr;`).join(' ')} }`)
             .join('\n          ')}
-          ${accumulate(R, DC, [['o', 'pt', kv('vs')]], un)}
-          ${loop.tail}
+          ${accumulate(R, DC, [['o', 'pt', 'vs']], un)}
         }
         // the row sums: 8 partial sums per row; the row max from the tx == 0 thread of the row
         workgroupBarrier();
@@ -643,9 +561,7 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
  * thread), dS = P (dP - delta) into workgroup memory as dS^T, then dq += dS K; dq = scale * that.
  */
 export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const { k, M, N, TY, DC, NB, uc, un, halves, prefetch, double } = plan(d, R, t, 'dq');
-  const loop = keyBlocks(k, d.D, prefetch, double);
-  const kv = (x: string) => (halves === 2 ? `${x}+kb` : x);
+  const { k, M, N, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'dq');
   const key = keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t, 'dq')]);
   return cachedProgram(key, () => ({
     key,
@@ -660,8 +576,8 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
       ${tileConstants(d, k)}
       var<workgroup> qs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
       var<workgroup> dos: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
-      var<workgroup> ks: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
-      var<workgroup> vs: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
+      var<workgroup> ks: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> vs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
       var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS^T: [key][query / R]
       var<workgroup> lset: array<f32, ${M}>;
       var<workgroup> deltat: array<f32, ${M}>;
@@ -688,10 +604,10 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
         let kHi = min(T, iLo + M);
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
-        ${loop.head}
+        ${keyBlocks(k, d.D, prefetch)}
           var s: array<f32, ${R * R}>; ${zero('s', R * R)}
           var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-          ${t.fusedScores ? scoreTiles([['s', 'qs', kv('ks')], ['dp', 'dos', kv('vs')]], k, t.vecScores, uc) : `${scoreTile('s', 'qs', kv('ks'), k, t.vecScores, uc)}\n${scoreTile('dp', 'dos', kv('vs'), k, t.vecScores, uc)}`}
+          ${t.fusedScores ? scoreTiles([['s', 'qs', 'ks'], ['dp', 'dos', 'vs']], k, t.vecScores, uc) : `${scoreTile('s', 'qs', 'ks', k, t.vecScores, uc)}\n${scoreTile('dp', 'dos', 'vs', k, t.vecScores, uc)}`}
           ${range(R)
             .map((a) =>
               range(R)
@@ -709,8 +625,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
             )
             .join('\n')}
           workgroupBarrier();
-          ${accumulate(R, DC, [['dq', 'dst', kv('ks')]], un)}
-          ${loop.tail}
+          ${accumulate(R, DC, [['dq', 'dst', 'ks']], un)}
         }
         ${range(R)
           .map(
@@ -738,10 +653,7 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
  * by queries), P^T and dS^T into workgroup memory, then dv += P^T dO and dk += dS^T (scale q).
  */
 export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const { k, M, N, TY, DC, NB, uc, un, halves, prefetch, double } = plan(d, R, t, 'dkv');
-  const loop = queryBlocks(k, d.D, prefetch, double);
-  const qo = (x: string) => (halves === 2 ? `${x}+qb` : x);
-  const lb = halves === 2 ? 'lb + ' : '';
+  const { k, M, N, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'dkv');
   const key = keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t, 'dkv')]);
   return cachedProgram(key, () => ({
     key,
@@ -756,12 +668,12 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
       ${tileConstants(d, k)}
       var<workgroup> ks: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
       var<workgroup> vs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
-      var<workgroup> qs: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
-      var<workgroup> dos: array<vec4<f32>, ${halves * N * (d.D / 4 + 1)}>;
+      var<workgroup> qs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
+      var<workgroup> dos: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
       var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P: [query][key / R]
       var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS: [query][key / R]
-      var<workgroup> lset: array<f32, ${halves * N}>;
-      var<workgroup> deltat: array<f32, ${halves * N}>;
+      var<workgroup> lset: array<f32, ${N}>;
+      var<workgroup> deltat: array<f32, ${N}>;
       var<workgroup> wgShared: u32;
       fn kernel() {
         if (localIndex == 0u) { wgShared = wgIndex(); }
@@ -780,10 +692,10 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
         // queries that see this key block: [jLo, iHi)
         var iHi = T;
         if (WINDOW > 0u) { iHi = min(T, jLo + M - 1u + WINDOW); }
-        ${loop.head}
+        ${queryBlocks(k, d.D, prefetch)}
             var s: array<f32, ${R * R}>; ${zero('s', R * R)}
             var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
-            ${t.fusedScores ? scoreTiles([['s', 'ks', qo('qs')], ['dp', 'vs', qo('dos')]], k, t.vecScores, uc) : `${scoreTile('s', 'ks', qo('qs'), k, t.vecScores, uc)}\n${scoreTile('dp', 'vs', qo('dos'), k, t.vecScores, uc)}`}
+            ${t.fusedScores ? scoreTiles([['s', 'ks', 'qs'], ['dp', 'vs', 'dos']], k, t.vecScores, uc) : `${scoreTile('s', 'ks', 'qs', k, t.vecScores, uc)}\n${scoreTile('dp', 'vs', 'dos', k, t.vecScores, uc)}`}
             ${range(R)
               .map((a) =>
                 range(R)
@@ -794,9 +706,9 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
               var x = s[${a * R + bb}];
               x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
               x = select(MASKED, x, visible(i, j));
-              let p = weight(x, lset[${lb}qi]);
+              let p = weight(x, lset[qi]);
               pt[qi * PS + kj / R][kj % R] = p;
-              dst[qi * PS + kj / R][kj % R] = dscore(p, dp[${a * R + bb}], deltat[${lb}qi]);
+              dst[qi * PS + kj / R][kj % R] = dscore(p, dp[${a * R + bb}], deltat[qi]);
             }`,
                   )
                   .join('\n'),
@@ -804,10 +716,9 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
               .join('\n')}
             workgroupBarrier();
             ${accumulate(R, DC, [
-              ['dv', 'pt', qo('dos')],
-              ['dk', 'dst', qo('qs')],
+              ['dv', 'pt', 'dos'],
+              ['dk', 'dst', 'qs'],
             ], un)}
-            ${loop.tail}
         }
         ${range(R)
           .map(

@@ -439,10 +439,11 @@ function dkvProgram(d: Dims, r: Resolved, limit: number, maxThreads: number): Ke
  * head dims that are multiples of 32 whose tiles fit the device's workgroup memory, else v1), `v1`
  * (one thread per query or key row; every head dim), or `mixed` (v1's dQ kernel with v2's forward
  * and dK/dV kernels). On the H100 (B=8, H=12, D=64, GPU ms per call, gpu-attn.ts, 2026-11-23, after
- * v2's tile loads were batched and pipelined) v2 ran forward+backward in 1.51 / 5.51 / 21.4 / 84.1 ms
- * at T = 512 / 1024 / 2048 / 4096 against v1's 3.34 / 10.75 / 39.7 / 151 and mixed's 1.64 / 6.42 /
- * 23.5 / 90.9; per kernel at T=1024 v2's forward, dQ and dK/dV took 1.11, 1.70 and 2.69 ms against
- * v1's 1.70, 1.84 and 7.21 (T=4096: v2's dQ 25.8 against v1's 24.8, the only kernel v1 still wins).
+ * v2's tile loads were batched and pipelined, before its later tuning) v2 ran forward+backward in
+ * 1.51 / 5.51 / 21.4 / 84.1 ms at T = 512 / 1024 / 2048 / 4096 against v1's 3.34 / 10.75 / 39.7 / 151
+ * and mixed's 1.64 / 6.42 / 23.5 / 90.9; per kernel at T=1024 v2's forward, dQ and dK/dV took 1.11,
+ * 1.70 and 2.69 ms against v1's 1.70, 1.84 and 7.21. v2 now takes 3.47 ms at T=1024 and 52.9 at
+ * T=4096 (docs/benchmarks.md, eleventh run).
  * The kernels of both generations read and write the same layouts, so they combine freely.
  */
 export type FlashAttentionImpl = 'v1' | 'v2' | 'mixed';
