@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { dkvProgramV2, dqProgramV2, forwardProgramV2, scalarizeArrays, setV2Tuning, v2TuningFromFlags } from './attention-v2.js';
+import { dkvProgramV2, dqProgramV2, forwardProgramV2, copies, scalarizeArrays, setV2Tuning, v2Fit, v2Takes, v2TuningFromFlags } from './attention-v2.js';
 
 // Code generation of the v2 attention kernels (their arithmetic is checked in Chromium and on the H100).
 
@@ -40,9 +40,16 @@ describe('v2 kernel bodies', () => {
       const unrolled = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, unroll: 4 });
       expect(unrolled.body).toMatch(/for \(var c0 = 0u; c0 < D4; c0 \+= 4u\)/);
       expect(unrolled.body).toMatch(/let n = n0 \+ 3u;/);
-      const programs = [scalars, arrays, plain, fused, vec, wide, narrow, unrolled];
+      const cols = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, cols: { [name]: 4 } });
+      const programs = [scalars, arrays, plain, fused, vec, wide, narrow, unrolled, cols];
       for (const a of programs) for (const b of programs) expect(a.shaderKey === b.shaderKey).toBe(a.body === b.body);
-      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 7 : 8);
+      expect(new Set(programs.map((p) => p.shaderKey)).size).toBe(name === 'forward' ? 8 : 9);
+      // cols: 2 x 4 score micro-tiles, blocks walk N = 32 rows; cols for another kernel change nothing
+      expect(cols.body).toMatch(/const M = 16u; const N = 32u;/);
+      expect(cols.body).toMatch(/s_7/);
+      expect(cols.body).not.toMatch(/s_8/);
+      const other = make(d, r, 2, { prefetch: all(true), scalars: true, fusedScores: true, wide: {}, cols: { [name === 'dq' ? 'dkv' : 'dq']: 4 } });
+      expect(other.body).toBe(narrow.body);
       // vec4 score accumulators: fmas into vec4 lanes, no dot products in the score loops
       expect(vec.body).not.toMatch(/\+= dot\(/);
       expect(vec.body).toMatch(/sv_0 = fma\(/);
@@ -61,6 +68,41 @@ describe('v2 kernel bodies', () => {
   }
 });
 
+describe('dK/dV with P and dS in one workgroup tile', () => {
+  const d = { B: 2, T: 100, H: 4, HKV: 2, D: 64 };
+  const r = { sigmoid: false, sigmoidBias: 0, window: 0, scale: 0.125, alibi: false };
+  const t = { prefetch: { forward: true, dq: true, dkv: false }, scalars: true, fusedScores: true, vecScores: true, wide: { dkv: true }, cols: { dkv: 2 as const }, unroll: 16 };
+  it('declares one weight tile, accumulates dV and dK in separate loops between barriers, and has its own key', () => {
+    const two = dkvProgramV2(d, r, 4, t);
+    const one = dkvProgramV2(d, r, 4, { ...t, oneWeightTile: true });
+    expect(two.body).toMatch(/var<workgroup> dst:/);
+    expect(one.body).not.toMatch(/var<workgroup> dst:/);
+    expect(one.body).not.toMatch(/\bdst\[/);
+    const barriers = (b: string) => b.split('workgroupBarrier()').length - 1;
+    expect(barriers(one.body)).toBe(barriers(two.body) + 2);
+    // the loops over the N queries: one for dv and dk together against one each
+    const loops = (b: string) => b.split('for (var n0 = 0u; n0 < N; n0 += 16u)').length - 1;
+    expect([loops(two.body), loops(one.body)]).toEqual([1, 2]);
+    expect(one.shaderKey).not.toBe(two.shaderKey);
+    // the flag is dK/dV's only: the forward and dQ bodies and keys do not change
+    for (const make of [forwardProgramV2, dqProgramV2]) {
+      expect(make(d, r, 4, { ...t, oneWeightTile: true }).shaderKey).toBe(make(d, r, 4, t).shaderKey);
+    }
+  });
+
+  it('lets 4 x 2 tiles at 128 threads (64 keys by 16 queries) fit 48 KiB where two tiles need 52', () => {
+    const prev = setV2Tuning({ rows: { dkv: 4 }, cols: { dkv: 2 }, wide: { dkv: true }, oneWeightTile: false });
+    try {
+      expect(v2Fit(64, 49152, 'dkv')).toMatchObject({ R: 2, t: { wide: { dkv: true }, cols: { dkv: 2 } } });
+      setV2Tuning({ oneWeightTile: true });
+      expect(v2Fit(64, 49152, 'dkv')).toMatchObject({ R: 4, t: { wide: { dkv: true }, cols: { dkv: 2 }, oneWeightTile: true } });
+      expect(v2Fit(64, 48000, 'dkv')?.R).toBe(2);
+    } finally {
+      setV2Tuning(prev);
+    }
+  });
+});
+
 describe('v2TuningFromFlags', () => {
   const base = setV2Tuning({});
   it('applies each flag on top of the defaults and leaves the defaults alone', () => {
@@ -69,9 +111,49 @@ describe('v2TuningFromFlags', () => {
     expect(v2TuningFromFlags([], base)).toEqual(base);
     expect(setV2Tuning({})).toEqual(base);
     expect(v2TuningFromFlags(['pf', 'r4', 'w', 'u16'], base)).toMatchObject({ prefetch: { forward: true, dq: true, dkv: true }, rows: { forward: 4, dq: 4, dkv: 4 }, wide: { forward: true, dq: true, dkv: true }, unroll: 16 });
+    const plain = { ...base, rows: {}, cols: {} };
+    expect(v2TuningFromFlags(['c4kv'], plain).cols).toEqual({ dkv: 4 });
+    expect(v2TuningFromFlags(['c4', 'c2f'], plain).cols).toEqual({ forward: 2, dq: 4, dkv: 4 });
+    expect(v2TuningFromFlags(['c2b', 'r2f'], base)).toMatchObject({ rows: { forward: 2, dq: 4 }, cols: { forward: 2, dq: 2, dkv: 2 } });
+    expect(v2TuningFromFlags(['r4f', 'c2f', 'wb', 'c4b'], base)).toMatchObject({ rows: { forward: 4 }, cols: { forward: 2, dq: 4, dkv: 4 }, wide: { dq: true, dkv: true } });
+    expect(() => v2TuningFromFlags(['c4x'], base)).toThrow(/'c4x'/);
+    expect(v2TuningFromFlags(['one', 'r4kv', 'c2kv'], base)).toMatchObject({ oneWeightTile: true, rows: { forward: 4, dq: 4, dkv: 4 }, cols: { dkv: 2 } });
+    expect(v2TuningFromFlags(['one', 'two'], base).oneWeightTile).toBe(false);
+    expect(base.cols).toEqual({ forward: 2, dq: 2, dkv: 4 });
   });
 
   it('names a flag it does not know', () => {
     expect(() => v2TuningFromFlags(['vecc'], base)).toThrow(/v2 tuning flag 'vecc'/);
+  });
+});
+
+describe('v2Fit', () => {
+  it('takes the tuned shape where the kernel\'s own workgroup memory fits the limit, else a smaller one', () => {
+    const prev = setV2Tuning({ rows: { forward: 4, dq: 4, dkv: 4 }, cols: { forward: 2, dq: 4, dkv: 4 }, wide: { forward: true, dq: true, dkv: true } });
+    try {
+      // the 128-thread forward with 64 x 16 blocks: 17 + 9 + 4 + 2 KiB
+      expect(v2Fit(64, 49152, 'forward')).toMatchObject({ R: 4, t: { wide: { forward: true }, cols: { forward: 2 } } });
+      // dK/dV with 64 keys by 32 queries needs 70 KiB; 32 by 32 at 128 threads 43 KiB
+      expect(v2Fit(64, 49152, 'dkv')).toMatchObject({ R: 2, t: { wide: { dkv: true }, cols: { dkv: 4 } } });
+      // 32 KiB: dK/dV at 64 threads, 16 keys by 32 queries; 20 KiB: 16 x 16 blocks
+      expect(v2Fit(64, 32768, 'dkv')).toMatchObject({ R: 2, t: { wide: { dkv: false }, cols: { dkv: 4 } } });
+      expect(v2Fit(64, 20480, 'dkv')).toMatchObject({ R: 2, t: { wide: { dkv: false }, cols: { dkv: undefined } } });
+      expect(v2Fit(64, 8192, 'dkv')).toBeUndefined();
+      expect(v2Fit(48, 49152, 'forward')).toBeUndefined();
+      expect([v2Takes(64, 20480), v2Takes(64, 8192), v2Takes(48, 49152)]).toEqual([true, false, false]);
+    } finally {
+      setV2Tuning(prev);
+    }
+  });
+});
+
+describe('copies', () => {
+  it('writes a loop out the largest power of two times up to the asked that divides its trips', () => {
+    expect([copies(16, 16), copies(16, 24), copies(32, 16), copies(8, 24), copies(1, 24), copies(4, 6)]).toEqual([16, 8, 16, 8, 1, 2]);
+    const d = { B: 1, T: 40, H: 2, HKV: 2, D: 96 };
+    const r = { sigmoid: false, sigmoidBias: 0, window: 0, scale: 0.1, alibi: false };
+    const body = forwardProgramV2(d, r, 2, { prefetch: { forward: true, dq: true, dkv: true }, scalars: true, fusedScores: true, unroll: 16 }).body;
+    expect(body).toMatch(/for \(var c0 = 0u; c0 < D4; c0 \+= 8u\)/);
+    expect(body).toMatch(/for \(var n0 = 0u; n0 < N; n0 \+= 16u\)/);
   });
 });

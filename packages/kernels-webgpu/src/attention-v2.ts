@@ -4,16 +4,17 @@ import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attenti
 /**
  * Register-blocked attention kernels (v2), FlashAttention-2 structure, fp32.
  *
- * Every kernel runs TY x 8 threads (tx = localIndex % 8, ty = localIndex / 8; TY = 8 by default, 16
- * on request, see V2Tuning.wide) on blocks of M = TY R rows (queries in the forward and dQ, keys in
- * dK/dV) by N = 8 R rows of the walked side (R = 2 by default: 16 x 16 blocks; R = 4 on request, see
- * V2Tuning.rows). The operand tiles (q, k, v, dO: M or N rows x D) sit in workgroup memory in their
- * row layout, rows padded to D + 4 floats so that 8 consecutive rows read at the same column hit 8
- * different bank quads.
+ * Every kernel runs TY x 8 threads (tx = localIndex % 8, ty = localIndex / 8; TY = 8, or 16 where
+ * V2Tuning.wide asks) on blocks of M = TY R rows (queries in the forward and dQ, keys in dK/dV) by
+ * N = 8 C rows of the walked side (R, C = 2 or 4; see V2Tuning.rows and .cols; the defaults are
+ * 4 x 2 at 64 threads in the forward, 4 x 2 at 128 threads in dQ, 2 x 4 at 128 threads in dK/dV).
+ * The operand tiles (q, k, v, dO: M or N rows x D) sit in workgroup memory in their row layout, rows
+ * padded to D + 4 floats so that 8 consecutive rows read at the same column hit 8 different bank
+ * quads.
  *
  * Two micro-tile shapes per thread:
- *   - score tiles (S = q k^T, dP = dO v^T, reductions over D): R x R entries, rows ty + TY a, columns
- *     tx + 8b; per 4 channels a thread reads 2R vec4 and does R^2 dot products;
+ *   - score tiles (S = q k^T, dP = dO v^T, reductions over D): R x C entries, rows ty + TY a, columns
+ *     tx + 8b; per 4 channels a thread reads R + C vec4 and does R C dot products;
  *   - accumulator tiles (o, dq, dk, dv: M rows x D): R consecutive rows ty R + r by the vec4
  *     columns tx + 8c (D / 32 of them); the weight tile (P, dS) goes through workgroup memory,
  *     transposed so that the R weights of a thread's rows are one vecR load.
@@ -27,44 +28,77 @@ import { constants, dsSnippet, keyOf, type Dims, type Resolved } from './attenti
 
 /**
  * A kernel's block shape: TY x 8 threads (ty = localIndex / 8, tx = localIndex % 8), each with an
- * R x R score micro-tile; M = TY R rows on the accumulator side (queries in the forward and dQ, keys
- * in dK/dV), N = 8 R on the other (the side walked block by block).
+ * R x C score micro-tile; M = TY R rows on the accumulator side (queries in the forward and dQ, keys
+ * in dK/dV), N = 8 C on the other (the side walked block by block).
  */
 interface Blocks {
   R: number;
+  /** Walked-side rows per thread (score micro-tiles are R x C). */
+  C: number;
   TY: number;
   M: number;
   N: number;
   threads: number;
 }
 
-function blocks(R: number, TY: number): Blocks {
-  return { R, TY, M: TY * R, N: 8 * R, threads: 8 * TY };
+function blocks(R: number, TY: number, C = R): Blocks {
+  return { R, C, TY, M: TY * R, N: 8 * C, threads: 8 * TY };
 }
 
 /** Thread rows of a kernel: 16 where tuning.wide asks for it, else 8. */
-const threadRows = (t: Partial<Pick<V2Tuning, 'wide'>>, kernel?: V2Kernel) => (kernel && t.wide?.[kernel] ? 16 : 8);
+const threadRows = (t: Partial<Pick<V2Tuning, 'wide'>>, kernel: V2Kernel) => (t.wide?.[kernel] ? 16 : 8);
 
-/** Workgroup bytes of the largest v2 kernel (dK/dV) for a block shape (a bound for all three). */
-function bytesV2(D: number, k: Blocks): number {
-  return (2 * k.M + 2 * k.N) * (D / 4 + 1) * 16 + 2 * k.N * (k.M / k.R + 1) * k.R * 4 + 2 * Math.max(k.M, k.N) * 4 + 16;
+/** Walked-side rows per thread of a kernel: tuning.cols where set, else R. */
+const walkedRows = (t: Partial<Pick<V2Tuning, 'cols'>>, R: number, kernel: V2Kernel) => t.cols?.[kernel] ?? R;
+
+/** A kernel's block shape under tuning t with R rows per thread. */
+const shapeOf = (t: Partial<Pick<V2Tuning, 'wide' | 'cols'>>, R: number, kernel: V2Kernel) => blocks(R, threadRows(t, kernel), walkedRows(t, R, kernel));
+
+/**
+ * Workgroup bytes of a v2 kernel for a block shape (as declared in its body): padded operand tiles,
+ * weight tiles and per-row scalars.
+ */
+function bytesV2(D: number, k: Blocks, kernel: V2Kernel, t: Partial<Pick<V2Tuning, 'oneWeightTile'>> = tuning): number {
+  const tile = (rows: number) => rows * (D / 4 + 1) * 16;
+  const weights = k.N * (k.M / k.R + 1) * k.R * 4;
+  if (kernel === 'forward') return tile(k.M) + 2 * tile(k.N) + weights + 9 * k.M * 4 + 4;
+  if (kernel === 'dq') return 2 * tile(k.M) + 2 * tile(k.N) + weights + 2 * k.M * 4 + 4;
+  return 2 * tile(k.M) + 2 * tile(k.N) + (t.oneWeightTile ? 1 : 2) * weights + 2 * k.N * 4 + 4;
+}
+
+/** What a v2 kernel runs with on a device: rows per thread and the code-generation choices. */
+export interface V2Fit {
+  R: 2 | 4;
+  t: V2Tuning;
 }
 
 /**
- * Rows per thread of the v2 kernels for head dim D on a device with `limit` bytes of workgroup
- * memory, or undefined when v2 does not take D (D must be a multiple of 32).
+ * The block shape of a v2 kernel for head dim D on a device with `limit` bytes of workgroup memory:
+ * the tuned one (rows, 128 threads, walked rows) where it fits, else the first that fits of 2 rows
+ * per thread, then also 64 threads, then also C = R (16 x 16 blocks); undefined when none fits or
+ * D is not a multiple of 32. (SwiftShader's 32 KiB takes the tuned forward, but dQ with 2 x 2 tiles
+ * at 128 threads and dK/dV with 2 x 4 at 64; the H100's 48 KiB takes the tuned shapes.)
  */
-export function v2Rows(D: number, limit: number, kernel?: V2Kernel): 4 | 2 | undefined {
+export function v2Fit(D: number, limit: number, kernel: V2Kernel): V2Fit | undefined {
   if (D % 32 !== 0) return undefined;
-  // 16 x 16 blocks by default: on the H100 (B=8, H=12, D=64, GPU ms) they ran every kernel faster
-  // than 32 x 32 blocks, forward+backward 3.93 against 5.24 ms at T=1024 and 60.7 against 81.0 at
-  // T=4096: their workgroups take a third of the workgroup memory and registers, so about twice as
-  // many warps share an SM, and these kernels are bound by latency, not by workgroup-memory traffic
-  const asked = (kernel ? tuning.rows[kernel] : undefined) ?? 2;
-  const TY = threadRows(tuning, kernel);
-  if (asked === 4 && bytesV2(D, blocks(4, TY)) <= limit) return 4;
-  if (bytesV2(D, blocks(2, TY)) <= limit) return 2;
+  const wide = !!tuning.wide[kernel];
+  const C = tuning.cols[kernel];
+  const tries: Array<[R: 2 | 4, wide: boolean, C: 2 | 4 | undefined]> = [
+    [tuning.rows[kernel] ?? 2, wide, C],
+    [2, wide, C],
+    [2, false, C],
+    [2, false, undefined],
+  ];
+  for (const [R, w, c] of tries) {
+    const t = { ...tuning, wide: { ...tuning.wide, [kernel]: w }, cols: { ...tuning.cols, [kernel]: c } };
+    if (bytesV2(D, shapeOf(t, R, kernel), kernel, t) <= limit) return { R, t };
+  }
   return undefined;
+}
+
+/** Whether the v2 kernels take head dim D on a device with `limit` bytes of workgroup memory. */
+export function v2Takes(D: number, limit: number): boolean {
+  return (['forward', 'dq', 'dkv'] as const).every((kernel) => v2Fit(D, limit, kernel) !== undefined);
 }
 
 export type V2Kernel = 'forward' | 'dq' | 'dkv';
@@ -104,31 +138,48 @@ export interface V2Tuning {
   wide: Partial<Record<V2Kernel, boolean>>;
   /**
    * Copies of the body per trip of the inner loops (over D in the score tiles, over the walked rows
-   * in the accumulator updates), written out in the WGSL (at most the loop's trips); 1 leaves the
-   * unrolling to the driver.
+   * in the accumulator updates), written out in the WGSL (the largest power of two up to it that
+   * divides the loop's trips, see copies()); 1 leaves the unrolling to the driver.
    */
   unroll: number;
+  /**
+   * Per kernel: rows of the walked side per thread (2 or 4; default R), so that a block walks
+   * N = 8 C rows (keys in the forward and dQ, queries in dK/dV) and score micro-tiles are R x C.
+   */
+  cols: Partial<Record<V2Kernel, 2 | 4>>;
+  /**
+   * dK/dV: P and dS take turns in one workgroup tile (P, then dV += P^T dO, then dS, then dK += dS^T
+   * q: two more barriers per query block) instead of one tile each, so that 4 x 2 tiles at 128
+   * threads (64 keys by 16 queries) fit 48 KiB.
+   */
+  oneWeightTile: boolean;
 }
 
 /**
- * The measured best on the H100 (eleventh run, GPU ms of forward+backward at T = 1024 / 4096 / 16384:
- * 3.41-3.47 / 52.9 / 836 against 3.60-3.74 / 56.8-57.0 / 899 for the tenth run's choices, which
- * were dot-product scores, 64-thread forward and the loops left to the driver).
+ * The measured best on the H100 (twelfth run, GPU ms of forward+backward at T = 1024 / 4096 / 16384:
+ * 3.21 / 47.8-48.0 / 751 against 3.60 / 52.9-53.0 / 836-838 for the eleventh run's defaults, which
+ * were 16 x 16 blocks everywhere, a 128-thread forward and loops written out 8 times): 4 x 2 score
+ * tiles in a 64-thread forward (32 queries by 16 keys), 2 x 4 tiles in a 128-thread dK/dV (32 keys
+ * by 32 queries), vec4 score accumulators, inner loops written out 16 times; then 4 x 2 tiles in a
+ * 128-thread dQ (64 queries by 16 keys: 12.85 against 15.07-15.20 ms at T=4096, 226 against 266-276
+ * at 16384, in a later call of the same run).
  */
 const tuning: V2Tuning = {
   prefetch: { forward: true, dq: true, dkv: false },
   scalars: true,
   fusedScores: true,
-  rows: {},
+  rows: { forward: 4, dq: 4 },
   vecScores: true,
-  wide: { forward: true },
-  unroll: 8,
+  wide: { dq: true, dkv: true },
+  unroll: 16,
+  cols: { forward: 2, dq: 2, dkv: 4 },
+  oneWeightTile: false,
 };
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
 export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
-  // the inner loops run D / 4 (a multiple of 8) and N (16 or 32) trips; copies beyond a loop's trips are dropped
-  if (next.unroll !== undefined && ![1, 2, 4, 8, 16].includes(next.unroll)) throw new Error(`setV2Tuning: unroll must be 1, 2, 4, 8 or 16, got ${next.unroll}`);
+  // the inner loops run D / 4 (a multiple of 8) and N (16, 32 or 64) trips; see copies()
+  if (next.unroll !== undefined && ![1, 2, 4, 8, 16, 32].includes(next.unroll)) throw new Error(`setV2Tuning: unroll must be 1, 2, 4, 8, 16 or 32, got ${next.unroll}`);
   const prev = { ...tuning };
   Object.assign(tuning, next);
   return prev;
@@ -136,39 +187,50 @@ export function setV2Tuning(next: Partial<V2Tuning>): V2Tuning {
 
 const ALL = { forward: true, dq: true, dkv: true } as const;
 
+/** Flag suffixes: every kernel, the forward, dQ, dK/dV, the backward's two. */
+const KERNELS_OF: Record<'' | 'f' | 'q' | 'kv' | 'b', V2Kernel[]> = { '': ['forward', 'dq', 'dkv'], f: ['forward'], q: ['dq'], kv: ['dkv'], b: ['dq', 'dkv'] };
+
 /**
  * The tuning named by dash-separated flags on top of `base` (for A/B runs, e.g. `np-arr`):
  * `np` / `pf` no prefetch / prefetch in every kernel, `arr` per-thread arrays, `sep` separate
- * backward score loops, `r4` 32 x 32 blocks, `vec` / `dot` vec4 / dot-product score accumulators,
- * `w` / `wq` / `wf` / `wkv` / `w0` 128-thread workgroups in every kernel / forward and dQ / forward
- * / dK,dV / none, `u1`..`u16` unrolling.
+ * backward score loops, `vec` / `dot` vec4 / dot-product score accumulators, `w` / `wq` / `wf` /
+ * `wkv` / `wb` / `w0` 128-thread workgroups in every kernel / forward and dQ / forward / dK,dV / dQ
+ * and dK,dV / none, `one` / `two` dK/dV's P and dS in one workgroup tile / in two, `u1`..`u32` unrolling, `r2` / `r4` rows per thread and `c2` / `c4` walked rows
+ * per thread in every kernel, or with a suffix in the forward (`f`), dQ (`q`), dK/dV (`kv`) or both
+ * backward kernels (`b`): `r4f-c2f` is 4 x 2 score micro-tiles in the forward.
  */
 export function v2TuningFromFlags(flags: string[], base: V2Tuning): V2Tuning {
-  const t: V2Tuning = { ...base, prefetch: { ...base.prefetch }, rows: { ...base.rows }, wide: { ...base.wide } };
+  const t: V2Tuning = { ...base, prefetch: { ...base.prefetch }, rows: { ...base.rows }, wide: { ...base.wide }, cols: { ...base.cols } };
   for (const f of flags) {
     if (f === 'np') t.prefetch = { forward: false, dq: false, dkv: false };
     else if (f === 'pf') t.prefetch = { ...ALL };
     else if (f === 'arr') t.scalars = false;
     else if (f === 'sep') t.fusedScores = false;
-    else if (f === 'r4') t.rows = { forward: 4, dq: 4, dkv: 4 };
     else if (f === 'vec' || f === 'dot') t.vecScores = f === 'vec';
     else if (f === 'w') t.wide = { ...ALL };
     else if (f === 'wq') t.wide = { forward: true, dq: true };
     else if (f === 'wf') t.wide = { forward: true };
     else if (f === 'wkv') t.wide = { dkv: true };
+    else if (f === 'wb') t.wide = { dq: true, dkv: true };
     else if (f === 'w0') t.wide = {};
+    else if (f === 'one' || f === 'two') t.oneWeightTile = f === 'one';
     else if (/^u\d+$/.test(f)) t.unroll = Number(f.slice(1));
-    else throw new Error(`v2 tuning flag '${f}' is not one of np, pf, arr, sep, r4, vec, dot, w, wq, wf, wkv, w0, u1..u16`);
+    else if (/^[rc][24](f|q|kv|b)?$/.test(f)) {
+      const n = Number(f[1]) as 2 | 4;
+      const which = KERNELS_OF[f.slice(2) as keyof typeof KERNELS_OF];
+      for (const kk of which) (f[0] === 'r' ? t.rows : t.cols)[kk] = n;
+    } else throw new Error(`v2 tuning flag '${f}' is not one of np, pf, arr, sep, vec, dot, w, wq, wf, wkv, wb, w0, one, two, u1..u32, r2/r4/c2/c4 (+f, q, kv, b)`);
   }
   return t;
 }
 
 /** The choices that change a kernel's WGSL (rows change it through R). */
-export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide' | 'unroll'>>;
+export type V2CodeGen = Pick<V2Tuning, 'prefetch' | 'scalars' | 'fusedScores'> & Partial<Pick<V2Tuning, 'vecScores' | 'wide' | 'unroll' | 'cols' | 'oneWeightTile'>>;
 
 /** The bits of a kernel's key that its WGSL depends on (the forward has no backward score loop). */
 const tuningKey = (t: V2CodeGen, kernel: V2Kernel) =>
-  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0) + 32 * ((t.unroll ?? 1) - 1);
+  (t.prefetch[kernel] ? 1 : 0) + (t.scalars ? 2 : 0) + (kernel !== 'forward' && t.fusedScores ? 4 : 0) + (t.vecScores ? 8 : 0) + (t.wide?.[kernel] ? 16 : 0) + 32 * ((t.unroll ?? 1) - 1) +
+  (kernel === 'dkv' && t.oneWeightTile ? 1024 : 0);
 
 /**
  * Rewrites the per-thread arrays `names` of a WGSL body (declared `var x: array<T, N>;`, every use
@@ -276,7 +338,8 @@ function unrolled(v: string, bound: string, u: number, body: string): string {
 }
 
 /**
- * acc[a R + b] += A[row ty + TY a] . Bt[row tx + 8b] over D, both padded tiles (a score micro-tile).
+ * acc[a C + b] += A[row ty + TY a] . Bt[row tx + 8b] over D (a < R, b < C), both padded tiles (a
+ * score micro-tile).
  */
 function scoreTile(acc: string, A: string, Bt: string, k: Blocks, vec = false, u = 1): string {
   return scoreTiles([[acc, A, Bt]], k, vec, u);
@@ -287,16 +350,16 @@ function scoreTile(acc: string, A: string, Bt: string, k: Blocks, vec = false, u
  * accumulates in a vec4 \`\${acc}v\` (lane k: the channels 4c + k), summed into acc after the loop.
  */
 function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Blocks, vec = false, u = 1): string {
-  const { R, TY } = k;
+  const { R, C, TY } = k;
   const lines: string[] = [];
   const before: string[] = [];
   const after: string[] = [];
   parts.forEach(([acc, A, Bt], p) => {
     for (const a of range(R)) lines.push(`let a${p}_${a} = ${A}[(ty + ${TY * a}u) * RS + c];`);
-    for (const b of range(R)) lines.push(`let b${p}_${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
+    for (const b of range(C)) lines.push(`let b${p}_${b} = ${Bt}[(tx + ${8 * b}u) * RS + c];`);
     for (const a of range(R))
-      for (const b of range(R)) {
-        const i = a * R + b;
+      for (const b of range(C)) {
+        const i = a * C + b;
         if (!vec) {
           lines.push(`${acc}[${i}] += dot(a${p}_${a}, b${p}_${b});`);
           continue;
@@ -304,7 +367,7 @@ function scoreTiles(parts: Array<[acc: string, A: string, Bt: string]>, k: Block
         lines.push(`${acc}v[${i}] = fma(a${p}_${a}, b${p}_${b}, ${acc}v[${i}]);`);
         after.push(`${acc}[${i}] += (${acc}v[${i}].x + ${acc}v[${i}].y) + (${acc}v[${i}].z + ${acc}v[${i}].w);`);
       }
-    if (vec) before.push(`var ${acc}v: array<vec4<f32>, ${R * R}>; ${range(R * R).map((i) => `${acc}v[${i}] = vec4<f32>(0.0);`).join(' ')}`);
+    if (vec) before.push(`var ${acc}v: array<vec4<f32>, ${R * C}>; ${range(R * C).map((i) => `${acc}v[${i}] = vec4<f32>(0.0);`).join(' ')}`);
   });
   return `${before.join('\n        ')}
         ${unrolled('c', 'D4', u, lines.join('\n          '))}
@@ -407,35 +470,43 @@ function blockOrder(heads: string, heavyFirst: 'low' | 'high'): string {
         let blkIdx = ${heavyFirst === 'low' ? 'blk' : 'NB - 1u - blk'};`;
 }
 
+/** Copies of a loop body per trip: the largest power of two up to `u` that divides `trips`. */
+export function copies(u: number, trips: number): number {
+  let c = 1;
+  while (c * 2 <= u && trips % (c * 2) === 0) c *= 2;
+  return c;
+}
+
 /** What a v2 kernel's code generation derives from the shape, R and the tuning. */
 function plan(d: Dims, R: number, t: V2CodeGen, kernel: V2Kernel) {
-  const k = blocks(R, threadRows(t, kernel));
+  const k = shapeOf(t, R, kernel);
   return {
     k,
     ...k,
     prefetch: t.prefetch[kernel],
-    // copies per trip of the loops over D / 4 and over N
-    uc: Math.min(t.unroll ?? 1, d.D / 4),
-    un: Math.min(t.unroll ?? 1, k.N),
+    // copies per trip of the loops over D / 4 and over N: the largest power of two up to the
+    // unrolling that divides the trips (D / 4 = 24 at D = 96 takes 8 copies of 16 asked)
+    uc: copies(t.unroll ?? 1, d.D / 4),
+    un: copies(t.unroll ?? 1, k.N),
     DC: d.D / 32,
     NB: Math.ceil(d.T / k.M),
   };
 }
 
 /**
- * Forward: o [B, T, H, D] then lse [B, H, T], packed. Per key block: S (R x R per thread, rows
+ * Forward: o [B, T, H, D] then lse [B, H, T], packed. Per key block: S (R x C per thread, rows
  * ty + 8a, keys tx + 8b); the row max through workgroup memory (8 partial maxima per row); each
  * thread keeps the running max of its rows and a partial running sum over its own keys (summed
  * over the 8 threads of a row at the end); P^T into workgroup memory; then o = o corr + P V on the
  * accumulator tile (rows ty R + r).
  */
 export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const { k, M, N, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'forward');
+  const { k, M, N, C, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'forward');
   const each = (f: (a: number, b: number) => string) =>
     range(R)
-      .flatMap((a) => range(R).map((b) => f(a, b)))
+      .flatMap((a) => range(C).map((b) => f(a, b)))
       .join('\n          ');
-  const key = keyOf('tsf_fa2_fwd', d, r, [R, tuningKey(t, 'forward')]);
+  const key = keyOf('tsf_fa2_fwd', d, r, [R, k.C, tuningKey(t, 'forward')]);
   return cachedProgram(key, () => ({
     key,
     outputShape: [d.B * d.T * d.H * d.D + d.B * d.H * d.T],
@@ -476,20 +547,20 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
         ${keyBlocks(k, d.D, prefetch)}
-          var s: array<f32, ${R * R}>; ${zero('s', R * R)}
+          var s: array<f32, ${R * C}>; ${zero('s', R * C)}
           ${scoreTile('s', 'qs', 'ks', k, t.vecScores, uc)}
           ${each(
             (a, b) => `{
             let i = iLo + ty + ${TY * a}u; let j = j0 + tx + ${8 * b}u;
-            var x = s[${a * R + b}];
+            var x = s[${a * C + b}];
             x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
             x = select(MASKED, x, visible(i, j));
-            s[${a * R + b}] = x;
+            s[${a * C + b}] = x;
           }`,
           )}
           if (!SIGMOID) {
             ${range(R)
-              .map((a) => `part[(ty + ${TY * a}u) * 8u + tx] = max(max(s[${a * R}], s[${a * R + 1}]), ${R === 4 ? `max(s[${a * R + 2}], s[${a * R + 3}])` : 'MASKED'});`)
+              .map((a) => `part[(ty + ${TY * a}u) * 8u + tx] = ${range(C).reduce((acc, b) => (b === 0 ? `s[${a * C}]` : `max(${acc}, s[${a * C + b}])`), '')};`)
               .join('\n            ')}
           }
           workgroupBarrier();
@@ -505,10 +576,10 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
               m[${a}] = mt;
               l[${a}] *= corr;
             }
-            ${range(R)
+            ${range(C)
               .map(
                 (b) => `{
-              let x = s[${a * R + b}];
+              let x = s[${a * C + b}];
               let p = select(0.0, select(exp(x - mt), 1.0 / (1.0 + exp(-(x + SBIAS))), SIGMOID), x > MASKED);
               l[${a}] += p;
               pt[(tx + ${8 * b}u) * PS + qi / R][qi % R] = p;
@@ -557,12 +628,12 @@ export function forwardProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen =
 }
 
 /**
- * dQ: per (b, h, query block), q (scaled) and dO resident; per key block S and dP (R x R per
+ * dQ: per (b, h, query block), q (scaled) and dO resident; per key block S and dP (R x C per
  * thread), dS = P (dP - delta) into workgroup memory as dS^T, then dq += dS K; dq = scale * that.
  */
 export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const { k, M, N, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'dq');
-  const key = keyOf('tsf_fa2_dq', d, r, [R, tuningKey(t, 'dq')]);
+  const { k, M, N, C, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'dq');
+  const key = keyOf('tsf_fa2_dq', d, r, [R, k.C, tuningKey(t, 'dq')]);
   return cachedProgram(key, () => ({
     key,
     outputShape: [d.B, d.T, d.H, d.D],
@@ -605,20 +676,20 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
         var kLo = 0u;
         if (WINDOW > 0u && iLo + 1u > WINDOW) { kLo = iLo + 1u - WINDOW; }
         ${keyBlocks(k, d.D, prefetch)}
-          var s: array<f32, ${R * R}>; ${zero('s', R * R)}
-          var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
+          var s: array<f32, ${R * C}>; ${zero('s', R * C)}
+          var dp: array<f32, ${R * C}>; ${zero('dp', R * C)}
           ${t.fusedScores ? scoreTiles([['s', 'qs', 'ks'], ['dp', 'dos', 'vs']], k, t.vecScores, uc) : `${scoreTile('s', 'qs', 'ks', k, t.vecScores, uc)}\n${scoreTile('dp', 'dos', 'vs', k, t.vecScores, uc)}`}
           ${range(R)
             .map((a) =>
-              range(R)
+              range(C)
                 .map(
                   (bb) => `{
             let qi = ty + ${TY * a}u; let kj = tx + ${8 * bb}u;
             let i = iLo + qi; let j = j0 + kj;
-            var x = s[${a * R + bb}];
+            var x = s[${a * C + bb}];
             x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
             x = select(MASKED, x, visible(i, j));
-            dst[kj * PS + qi / R][qi % R] = dscore(weight(x, lset[qi]), dp[${a * R + bb}], deltat[qi]);
+            dst[kj * PS + qi / R][qi % R] = dscore(weight(x, lset[qi]), dp[${a * C + bb}], deltat[qi]);
           }`,
                 )
                 .join('\n'),
@@ -649,12 +720,51 @@ export function dqProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuni
 
 /**
  * dK and dV, packed [2, B, T, Hkv, D]: per (b, kv head, key block), k and v resident; for each query
- * head of the kv head and each query block that sees the keys: S^T and dP^T (R x R per thread, keys
+ * head of the kv head and each query block that sees the keys: S^T and dP^T (R x C per thread, keys
  * by queries), P^T and dS^T into workgroup memory, then dv += P^T dO and dk += dS^T (scale q).
  */
 export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tuning): KernelProgram {
-  const { k, M, N, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'dkv');
-  const key = keyOf('tsf_fa2_dkv', d, r, [R, tuningKey(t, 'dkv')]);
+  const { k, M, N, C, TY, DC, NB, uc, un, prefetch } = plan(d, R, t, 'dkv');
+  const key = keyOf('tsf_fa2_dkv', d, r, [R, k.C, tuningKey(t, 'dkv')]);
+  const one = !!t.oneWeightTile;
+  // per score of the thread's R x C micro-tile: keys kj (rows of ks), queries qi (rows of qs)
+  const each = (f: (a: number, bb: number) => string) =>
+    range(R)
+      .flatMap((a) =>
+        range(C).map(
+          (bb) => `{
+              let kj = ty + ${TY * a}u; let qi = tx + ${8 * bb}u;
+              ${f(a, bb)}
+            }`,
+        ),
+      )
+      .join('\n            ');
+  const p = (a: number, bb: number) => `let i = i0 + qi; let j = jLo + kj;
+              var x = s[${a * C + bb}];
+              x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
+              x = select(MASKED, x, visible(i, j));
+              let p = weight(x, lset[qi]);`;
+  const cell = 'qi * PS + kj / R][kj % R]';
+  // P^T and dS^T into workgroup memory, then dv += P^T dO and dk += dS^T (scale q): in one pass
+  // with a tile each, or P (kept in s), dv, dS, dk in turns through one tile
+  const epilogue = !one
+    ? `${each((a, bb) => `${p(a, bb)}
+              pt[${cell} = p;
+              dst[${cell} = dscore(p, dp[${a * C + bb}], deltat[qi]);`)}
+            workgroupBarrier();
+            ${accumulate(R, DC, [
+              ['dv', 'pt', 'dos'],
+              ['dk', 'dst', 'qs'],
+            ], un)}`
+    : `${each((a, bb) => `${p(a, bb)}
+              s[${a * C + bb}] = p;
+              pt[${cell} = p;`)}
+            workgroupBarrier();
+            ${accumulate(R, DC, [['dv', 'pt', 'dos']], un)}
+            workgroupBarrier();
+            ${each((a, bb) => `pt[${cell} = dscore(s[${a * C + bb}], dp[${a * C + bb}], deltat[qi]);`)}
+            workgroupBarrier();
+            ${accumulate(R, DC, [['dk', 'pt', 'qs']], un)}`;
   return cachedProgram(key, () => ({
     key,
     outputShape: [2 * d.B * d.T * d.HKV * d.D],
@@ -670,8 +780,8 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
       var<workgroup> vs: array<vec4<f32>, ${M * (d.D / 4 + 1)}>;
       var<workgroup> qs: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
       var<workgroup> dos: array<vec4<f32>, ${N * (d.D / 4 + 1)}>;
-      var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P: [query][key / R]
-      var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS: [query][key / R]
+      var<workgroup> pt: array<vec${R}<f32>, ${N * (M / R + 1)}>; // P: [query][key / R]${one ? ', then dS' : ''}
+      ${one ? '' : `var<workgroup> dst: array<vec${R}<f32>, ${N * (M / R + 1)}>; // dS: [query][key / R]`}
       var<workgroup> lset: array<f32, ${N}>;
       var<workgroup> deltat: array<f32, ${N}>;
       var<workgroup> wgShared: u32;
@@ -693,32 +803,10 @@ export function dkvProgramV2(d: Dims, r: Resolved, R: number, t: V2CodeGen = tun
         var iHi = T;
         if (WINDOW > 0u) { iHi = min(T, jLo + M - 1u + WINDOW); }
         ${queryBlocks(k, d.D, prefetch)}
-            var s: array<f32, ${R * R}>; ${zero('s', R * R)}
-            var dp: array<f32, ${R * R}>; ${zero('dp', R * R)}
+            var s: array<f32, ${R * C}>; ${zero('s', R * C)}
+            var dp: array<f32, ${R * C}>; ${zero('dp', R * C)}
             ${t.fusedScores ? scoreTiles([['s', 'ks', 'qs'], ['dp', 'vs', 'dos']], k, t.vecScores, uc) : `${scoreTile('s', 'ks', 'qs', k, t.vecScores, uc)}\n${scoreTile('dp', 'vs', 'dos', k, t.vecScores, uc)}`}
-            ${range(R)
-              .map((a) =>
-                range(R)
-                  .map(
-                    (bb) => `{
-              let kj = ty + ${TY * a}u; let qi = tx + ${8 * bb}u;
-              let i = i0 + qi; let j = jLo + kj;
-              var x = s[${a * R + bb}];
-              x -= slope * (f32(i) - f32(j)); // slope 0 without ALiBi
-              x = select(MASKED, x, visible(i, j));
-              let p = weight(x, lset[qi]);
-              pt[qi * PS + kj / R][kj % R] = p;
-              dst[qi * PS + kj / R][kj % R] = dscore(p, dp[${a * R + bb}], deltat[qi]);
-            }`,
-                  )
-                  .join('\n'),
-              )
-              .join('\n')}
-            workgroupBarrier();
-            ${accumulate(R, DC, [
-              ['dv', 'pt', 'dos'],
-              ['dk', 'dst', 'qs'],
-            ], un)}
+            ${epilogue}
         }
         ${range(R)
           .map(

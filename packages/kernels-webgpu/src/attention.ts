@@ -2,7 +2,7 @@ import type { TensorInfo, NamedAttrMap } from '@tensorflow/tfjs-core';
 import { tf } from '@tsformer/core';
 import { KernelProgram, cachedProgram, kernelActive, run, runPacked, type WebGpuBackendLike } from './program.js';
 import { attrsOf, constants, dimsOf, dsSnippet, keyOf, type Dims, type Resolved } from './attention-common.js';
-import { dkvProgramV2, dqProgramV2, forwardProgramV2, v2Rows } from './attention-v2.js';
+import { dkvProgramV2, dqProgramV2, forwardProgramV2, v2Fit, v2Takes } from './attention-v2.js';
 
 /**
  * Fused causal attention (flash-style): queries and keys are taken in tiles, the softmax is
@@ -459,7 +459,7 @@ export function setFlashAttentionImpl(next: FlashAttentionImpl): FlashAttentionI
 
 /** The kernel generation a call with head dim D runs on a device with `limit` bytes of workgroup memory. */
 export function flashAttentionImplFor(D: number, limit: number): FlashAttentionImpl {
-  return impl !== 'v1' && v2Rows(D, limit) !== undefined ? impl : 'v1';
+  return impl !== 'v1' && v2Takes(D, limit) ? impl : 'v1';
 }
 
 function limits(backend: WebGpuBackendLike): [number, number] {
@@ -477,8 +477,8 @@ export function registerFlashAttention(): void {
         const { q, k, v, slopes } = inputs as Record<string, TensorInfo>;
         const d = dimsOf(q!, k!);
         const r = attrsOf(attrs!);
-        const R = impl !== 'v1' ? v2Rows(d.D, limits(be)[0], 'forward') : undefined;
-        const program = R ? forwardProgramV2(d, r, R) : forwardProgram(d, r, ...limits(be));
+        const fit = impl !== 'v1' ? v2Fit(d.D, limits(be)[0], 'forward') : undefined;
+        const program = fit ? forwardProgramV2(d, r, fit.R, fit.t) : forwardProgram(d, r, ...limits(be));
         // o [B, T, H, D] and the row log-sum-exp [B, H, T], one dispatch
         return runPacked(be, program, [q!, k!, v!, slopes!], [
           [d.B, d.T, d.H, d.D],
@@ -497,12 +497,12 @@ export function registerFlashAttention(): void {
         // delta is unused by the sigmoid variant; lse stands in for it (same shape).
         const delta = r.sigmoid ? lse! : run(be, deltaProgram(d, r), [o!, dy!]);
         const ins = [q!, k!, v!, slopes!, dy!, lse!, delta];
-        const Rq = impl === 'v2' ? v2Rows(d.D, limits(be)[0], 'dq') : undefined; // mixed: v1's dQ
-        const Rkv = impl !== 'v1' ? v2Rows(d.D, limits(be)[0], 'dkv') : undefined;
-        const dq = run(be, Rq ? dqProgramV2(d, r, Rq) : dqProgram(d, r, ...limits(be)), ins);
+        const fq = impl === 'v2' ? v2Fit(d.D, limits(be)[0], 'dq') : undefined; // mixed: v1's dQ
+        const fkv = impl !== 'v1' ? v2Fit(d.D, limits(be)[0], 'dkv') : undefined;
+        const dq = run(be, fq ? dqProgramV2(d, r, fq.R, fq.t) : dqProgram(d, r, ...limits(be)), ins);
         const kvShape = [d.B, d.T, d.HKV, d.D];
         // dk and dv [B, T, Hkv, D], one dispatch
-        const [dk, dv] = runPacked(be, Rkv ? dkvProgramV2(d, r, Rkv) : dkvProgram(d, r, ...limits(be)), ins, [kvShape, kvShape]);
+        const [dk, dv] = runPacked(be, fkv ? dkvProgramV2(d, r, fkv.R, fkv.t) : dkvProgram(d, r, ...limits(be)), ins, [kvShape, kvShape]);
         if (!r.sigmoid) be.disposeData(delta.dataId);
         return [dq, dk!, dv!];
       },

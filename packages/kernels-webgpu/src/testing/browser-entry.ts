@@ -3,7 +3,7 @@
 import * as webgpuModule from '@tensorflow/tfjs-backend-webgpu';
 import { selectBackend, tf } from '@tsformer/core';
 import { registerWebGpuKernels } from '../register.js';
-import { runChecks } from '../checks.js';
+import { runChecks, type CheckGroup } from '../checks.js';
 import { modelStepCheck, nonFiniteStepCheck } from './model-step.js';
 
 interface GpuNav {
@@ -13,7 +13,7 @@ interface GpuNav {
 /** The limits selectBackend must raise to the adapter's values. */
 const WATCHED = ['maxBufferSize', 'maxStorageBufferBindingSize', 'maxStorageBuffersPerShaderStage', 'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup'];
 
-async function main(seed: number) {
+async function main({ seed, groups }: { seed: number; groups?: CheckGroup[] }) {
   const gpu = (navigator as unknown as GpuNav).gpu;
   const adapter = gpu ? await gpu.requestAdapter() : null;
   if (!adapter) return { error: 'no WebGPU adapter in this browser' };
@@ -23,7 +23,7 @@ async function main(seed: number) {
   for (const name of WATCHED) limits[name] = [adapter.limits[name]!, device.limits[name]!];
   registerWebGpuKernels();
   const before = tf.memory().numTensors;
-  const results = await runChecks({ seed });
+  const results = await runChecks({ seed, groups });
   return { backend: info.name, adapter: info.detail, limits, leaked: tf.memory().numTensors - before, results };
 }
 
