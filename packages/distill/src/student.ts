@@ -1,6 +1,6 @@
-import { Module, Rng, TsformerError, checkShape, tf, type Parameter } from '@tsformer/core';
+import { Module, Rng, TsformerError, tf, type Parameter } from '@tsformer/core';
 import { attentionHeadDim, attentionUsesPositional, type Attention, type AttentionCache } from '@tsformer/attention';
-import { Block, ModuleList, layerSpecs, type DecoderLM, type ForwardOptions, type LanguageModel, type ModelConfig } from '@tsformer/model';
+import { Block, ModuleList, blockForward, decoderForward, layerSpecs, type DecoderLM, type ForwardOptions, type LanguageModel, type ModelConfig } from '@tsformer/model';
 import { createPositional, noPositional, type PositionalEncoding } from '@tsformer/positional';
 import { z } from 'zod';
 import { LolcatsAttention, lolcatsConfigSchema } from './lolcats.js';
@@ -34,16 +34,9 @@ export class StudentBlock extends Module {
     this.dropout = this.addModule('dropout', teacher.dropout);
   }
 
-  /** x: [B, T, D] -> [B, T, D] */
+  /** x: [B, T, D] -> [B, T, D]: Block's residual lines. */
   forward(x: tf.Tensor, positions: Int32Array, cache?: AttentionCache): { y: tf.Tensor; cache?: AttentionCache } {
-    let newCache: AttentionCache | undefined;
-    const y = tf.tidy(() => {
-      const a = this.attn.forward(this.attn_norm.forward(x), { positions, cache, training: this.training });
-      newCache = a.cache;
-      const h = x.add(this.dropout.forward(a.y));
-      return h.add(this.dropout.forward(this.mlp.forward(this.mlp_norm.forward(h))));
-    });
-    return { y, cache: newCache };
+    return blockForward(this, x, positions, cache);
   }
 }
 
@@ -137,27 +130,9 @@ export class StudentLM extends Module implements LanguageModel {
     return this.layers.items.map((b) => b.attn.initCache());
   }
 
-  /** ids: int32 [B, T] -> logits [B, T, V] (and the extended caches when caches were given). As DecoderLM.forward. */
+  /** ids: int32 [B, T] -> logits [B, T, V] (and the extended caches when caches were given): DecoderLM's forward. */
   forward(ids: tf.Tensor, opts: ForwardOptions = {}): { logits: tf.Tensor; caches?: AttentionCache[] } {
-    const { T } = checkShape('token ids', ids, ['B', 'T']) as { T: number };
-    if (ids.dtype !== 'int32') throw new TsformerError(`token ids must be int32, got ${ids.dtype}`, 'shape');
-    if (opts.caches && opts.caches.length !== this.layers.items.length) {
-      throw new TsformerError(`expected ${this.layers.items.length} caches, got ${opts.caches.length}`, 'shape');
-    }
-    const start = opts.caches?.[0]?.length ?? 0;
-    const positions = opts.positions ?? Int32Array.from({ length: T }, (_, i) => start + i);
-    const newCaches: AttentionCache[] = [];
-    const logits = tf.tidy(() => {
-      let h = this.embedDropout.forward(this.embed.forward(ids)); // [B, T, D]
-      this.layers.items.forEach((block, i) => {
-        const out = block.forward(h, positions, opts.caches?.[i]);
-        h = out.y;
-        if (out.cache) newCaches.push(out.cache);
-      });
-      h = this.norm.forward(h);
-      return this.lm_head ? this.lm_head.forward(h) : this.embed.attend(h); // [B, T, V]
-    });
-    return opts.caches ? { logits, caches: newCaches } : { logits };
+    return decoderForward(this, ids, opts);
   }
 
   /** The parameters this student created (not the teacher's): what `dispose` frees. */

@@ -42,15 +42,30 @@ export class Block extends Module {
 
   /** x: [B, T, D] -> [B, T, D] */
   forward(x: tf.Tensor, positions: Int32Array, cache?: AttentionCache): { y: tf.Tensor; cache?: AttentionCache } {
-    let newCache: AttentionCache | undefined;
-    const y = tf.tidy(() => {
-      const a = this.attn.forward(this.attn_norm.forward(x), { positions, cache, training: this.training });
-      newCache = a.cache;
-      const h = x.add(this.dropout.forward(a.y));
-      return h.add(this.dropout.forward(this.mlp.forward(this.mlp_norm.forward(h))));
-    });
-    return { y, cache: newCache };
+    return blockForward(this, x, positions, cache);
   }
+}
+
+/** What a pre-norm block's forward reads: Block's modules, or a distilled student block's. */
+export interface BlockParts {
+  readonly attn_norm: Norm;
+  readonly attn: Attention;
+  readonly mlp_norm: Norm;
+  readonly mlp: Mlp;
+  readonly dropout: Dropout;
+  readonly training: boolean;
+}
+
+/** The pre-norm residual lines: x + attn(norm(x)), then + mlp(norm(.)). x: [B, T, D] -> [B, T, D]. */
+export function blockForward(b: BlockParts, x: tf.Tensor, positions: Int32Array, cache?: AttentionCache): { y: tf.Tensor; cache?: AttentionCache } {
+  let newCache: AttentionCache | undefined;
+  const y = tf.tidy(() => {
+    const a = b.attn.forward(b.attn_norm.forward(x), { positions, cache, training: b.training });
+    newCache = a.cache;
+    const h = x.add(b.dropout.forward(a.y));
+    return h.add(b.dropout.forward(b.mlp.forward(b.mlp_norm.forward(h))));
+  });
+  return { y, cache: newCache };
 }
 
 export interface ForwardOptions {
@@ -102,26 +117,41 @@ export class DecoderLM extends Module {
 
   /** ids: int32 [B, T] -> logits [B, T, V] (and the extended caches when caches were given). */
   forward(ids: tf.Tensor, opts: ForwardOptions = {}): { logits: tf.Tensor; caches?: AttentionCache[] } {
-    const { T } = checkShape('token ids', ids, ['B', 'T']) as { T: number };
-    if (ids.dtype !== 'int32') throw new TsformerError(`token ids must be int32, got ${ids.dtype}`, 'shape');
-    if (opts.caches && opts.caches.length !== this.layers.items.length) {
-      throw new TsformerError(`expected ${this.layers.items.length} caches, got ${opts.caches.length}`, 'shape');
-    }
-    const start = opts.caches?.[0]?.length ?? 0;
-    const positions = opts.positions ?? Int32Array.from({ length: T }, (_, i) => start + i);
-    const newCaches: AttentionCache[] = [];
-    const logits = tf.tidy(() => {
-      let h = this.embedDropout.forward(this.embed.forward(ids)); // [B, T, D]
-      this.layers.items.forEach((block, i) => {
-        const out = block.forward(h, positions, opts.caches?.[i]);
-        h = out.y;
-        if (out.cache) newCaches.push(out.cache);
-      });
-      h = this.norm.forward(h);
-      return this.lm_head ? this.lm_head.forward(h) : this.embed.attend(h); // [B, T, V]
-    });
-    return opts.caches ? { logits, caches: newCaches } : { logits };
+    return decoderForward(this, ids, opts);
   }
+}
+
+/** What a decoder's forward reads: DecoderLM's modules, or a distilled student's. */
+export interface DecoderParts {
+  readonly embed: Embedding;
+  readonly embedDropout: Dropout;
+  readonly layers: { readonly items: ReadonlyArray<{ forward(x: tf.Tensor, positions: Int32Array, cache?: AttentionCache): { y: tf.Tensor; cache?: AttentionCache } }> };
+  readonly norm: Norm;
+  readonly lm_head?: Linear;
+}
+
+/** Embeddings, the blocks, the final norm and the (tied) head: ids int32 [B, T] -> logits [B, T, V]. */
+export function decoderForward(m: DecoderParts, ids: tf.Tensor, opts: ForwardOptions = {}): { logits: tf.Tensor; caches?: AttentionCache[] } {
+  const { T } = checkShape('token ids', ids, ['B', 'T']) as { T: number };
+  if (ids.dtype !== 'int32') throw new TsformerError(`token ids must be int32, got ${ids.dtype}`, 'shape');
+  const layers = m.layers.items;
+  if (opts.caches && opts.caches.length !== layers.length) {
+    throw new TsformerError(`expected ${layers.length} caches, got ${opts.caches.length}`, 'shape');
+  }
+  const start = opts.caches?.[0]?.length ?? 0;
+  const positions = opts.positions ?? Int32Array.from({ length: T }, (_, i) => start + i);
+  const newCaches: AttentionCache[] = [];
+  const logits = tf.tidy(() => {
+    let h = m.embedDropout.forward(m.embed.forward(ids)); // [B, T, D]
+    layers.forEach((block, i) => {
+      const out = block.forward(h, positions, opts.caches?.[i]);
+      h = out.y;
+      if (out.cache) newCaches.push(out.cache);
+    });
+    h = m.norm.forward(h);
+    return m.lm_head ? m.lm_head.forward(h) : m.embed.attend(h); // [B, T, V]
+  });
+  return opts.caches ? { logits, caches: newCaches } : { logits };
 }
 
 export function disposeCaches(caches: AttentionCache[] | undefined): void {
