@@ -2,7 +2,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Rng, relativeError, tensorLeak, tf } from '@tsformer/core';
 import { SoftmaxAttention, disposeCache, type AttentionCache } from '@tsformer/attention';
 import { DecoderLM } from '@tsformer/model';
-import { AdamW, type Batch } from '@tsformer/train';
+import { AdamW, trainConfigSchema, trainLoop, type Batch } from '@tsformer/train';
 import {
   AttentionTransfer,
   LolcatsAttention,
@@ -144,6 +144,38 @@ describe('StudentLM', () => {
     expect(relativeError(await y.data(), full)).toBeLessThan(1e-4);
     tf.dispose([y, ...outs]);
     caches.forEach(disposeCache);
+  });
+
+  it('trains through trainLoop like a DecoderLM: its own parameters move, the teacher\'s do not', async () => {
+    const s = buildStudent(teacher, { convert: [1], student: { type: 'gla', chunkSize: 4 }, seed: 6 });
+    students.push(s);
+    const own = s.ownParameters();
+    const opt = adamw(own, 0.02);
+    const teacherBefore = await teacher.embed.weight.data();
+    const ownBefore = await own[0]![1].variable.data();
+    let n = 0;
+    const losses: number[] = [];
+    const evals: number[] = [];
+    const config = trainConfigSchema.parse({ steps: 6, batchSize: B, optimizer: { type: 'adamw', lr: 0.02 }, schedule: { type: 'constant' }, evalEvery: 3 });
+    const before = tf.memory().numTensors;
+    const r = await trainLoop({
+      model: s,
+      optimizer: opt,
+      config,
+      train: { next: () => lmBatch(100 + n++) },
+      validation: () => [lmBatch(7)],
+      state: { step: 0, tokensSeen: 0 },
+      checkpointEvery: 0,
+      onStep: (l) => void losses.push(l.loss),
+      onEval: (e) => void evals.push(e.valLoss),
+    });
+    expect(tf.memory().numTensors).toBe(before);
+    expect(r.step).toBe(6);
+    expect(losses).toHaveLength(6);
+    expect(evals.length).toBeGreaterThanOrEqual(2);
+    expect(evals.every(Number.isFinite)).toBe(true);
+    expect(relativeError(await own[0]![1].variable.data(), ownBefore)).toBeGreaterThan(1e-4);
+    expect(Array.from(await teacher.embed.weight.data())).toEqual(Array.from(teacherBefore));
   });
 
   it('disposes only what it owns', async () => {

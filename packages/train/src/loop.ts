@@ -2,7 +2,7 @@ import type { AdamW } from './adamw.js';
 import type { TrainConfig } from './config.js';
 import { learningRate } from './schedule.js';
 import { evaluate, trainStep, type Batch } from './step.js';
-import type { DecoderLM } from '@tsformer/model';
+import type { LanguageModel } from '@tsformer/model';
 
 export interface BatchSource {
   next(): Batch;
@@ -35,7 +35,8 @@ export interface EvalLog {
 }
 
 export interface LoopOptions {
-  model: DecoderLM;
+  /** A DecoderLM, or any model with its surface (a distilled StudentLM). */
+  model: LanguageModel;
   optimizer: AdamW;
   config: TrainConfig;
   train: BatchSource;
