@@ -97,6 +97,12 @@ describe('dK/dV with P and dS in one workgroup tile', () => {
       setV2Tuning({ oneWeightTile: true });
       expect(v2Fit(64, 49152, 'dkv')).toMatchObject({ R: 4, t: { wide: { dkv: true }, cols: { dkv: 2 }, oneWeightTile: true } });
       expect(v2Fit(64, 48000, 'dkv')?.R).toBe(2);
+      // the default: its exact shape at D = 32 on SwiftShader's 32 KiB (the browser checks), 2 x 2
+      // tiles at 128 threads at D = 64
+      setV2Tuning(prev);
+      expect(v2Fit(32, 32768, 'dkv')).toMatchObject({ R: 4, t: { wide: { dkv: true }, cols: { dkv: 2 }, oneWeightTile: true } });
+      expect(v2Fit(64, 32768, 'dkv')).toMatchObject({ R: 2, t: { wide: { dkv: true }, cols: { dkv: 2 }, oneWeightTile: true } });
+      expect(v2Fit(64, 49152, 'dkv')).toMatchObject({ R: 4, t: { wide: { dkv: true }, cols: { dkv: 2 }, oneWeightTile: true } });
     } finally {
       setV2Tuning(prev);
     }
@@ -119,7 +125,7 @@ describe('v2TuningFromFlags', () => {
     expect(() => v2TuningFromFlags(['c4x'], base)).toThrow(/'c4x'/);
     expect(v2TuningFromFlags(['one', 'r4kv', 'c2kv'], base)).toMatchObject({ oneWeightTile: true, rows: { forward: 4, dq: 4, dkv: 4 }, cols: { dkv: 2 } });
     expect(v2TuningFromFlags(['one', 'two'], base).oneWeightTile).toBe(false);
-    expect(base.cols).toEqual({ forward: 2, dq: 2, dkv: 4 });
+    expect(base.cols).toEqual({ forward: 2, dq: 2, dkv: 2 });
   });
 
   it('names a flag it does not know', () => {
@@ -129,7 +135,7 @@ describe('v2TuningFromFlags', () => {
 
 describe('v2Fit', () => {
   it('takes the tuned shape where the kernel\'s own workgroup memory fits the limit, else a smaller one', () => {
-    const prev = setV2Tuning({ rows: { forward: 4, dq: 4, dkv: 4 }, cols: { forward: 2, dq: 4, dkv: 4 }, wide: { forward: true, dq: true, dkv: true } });
+    const prev = setV2Tuning({ rows: { forward: 4, dq: 4, dkv: 4 }, cols: { forward: 2, dq: 4, dkv: 4 }, wide: { forward: true, dq: true, dkv: true }, oneWeightTile: false });
     try {
       // the 128-thread forward with 64 x 16 blocks: 17 + 9 + 4 + 2 KiB
       expect(v2Fit(64, 49152, 'forward')).toMatchObject({ R: 4, t: { wide: { forward: true }, cols: { forward: 2 } } });

@@ -162,18 +162,21 @@ export interface V2Tuning {
  * tiles in a 64-thread forward (32 queries by 16 keys), 2 x 4 tiles in a 128-thread dK/dV (32 keys
  * by 32 queries), vec4 score accumulators, inner loops written out 16 times; then 4 x 2 tiles in a
  * 128-thread dQ (64 queries by 16 keys: 12.85 against 15.07-15.20 ms at T=4096, 226 against 266-276
- * at 16384, in a later call of the same run).
+ * at 16384, in a later call of the same run). Thirteenth run: 4 x 2 tiles in the 128-thread dK/dV
+ * too (64 keys by 16 queries), P and dS taking turns in one workgroup tile so that it fits 48 KiB
+ * (dK/dV GPU ms 22.61 against 23.92 at T=4096, 355.7 against 377.2-377.4 at 16384; the single
+ * tile at the old 2 x 4 shape alone was slower, 24.64 and 390.0: its two barriers more per block).
  */
 const tuning: V2Tuning = {
   prefetch: { forward: true, dq: true, dkv: false },
   scalars: true,
   fusedScores: true,
-  rows: { forward: 4, dq: 4 },
+  rows: { forward: 4, dq: 4, dkv: 4 },
   vecScores: true,
   wide: { dq: true, dkv: true },
   unroll: 16,
-  cols: { forward: 2, dq: 2, dkv: 4 },
-  oneWeightTile: false,
+  cols: { forward: 2, dq: 2, dkv: 2 },
+  oneWeightTile: true,
 };
 
 /** Sets some of the v2 code-generation choices for later calls; returns the previous ones. */
