@@ -108,10 +108,10 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
     )
     .command(
       'sample',
-      "Generate text from a run's checkpoint",
+      "Generate text from a run's checkpoint, or from a distillation run's student",
       (y) =>
         y
-          .option('run', { type: 'string', demandOption: true, describe: 'run directory (runs/<name>)' })
+          .option('run', { type: 'string', demandOption: true, describe: 'run directory (runs/<name>): a training run, or a distillation run (its finished stage 2, merged when merge-lora has run)' })
           .option('prompt', { type: 'string' })
           .option('max-new-tokens', { type: 'number' })
           .option('temperature', { type: 'number' })
@@ -137,10 +137,10 @@ export async function main(argv: string[], out: Out = consoleOut): Promise<numbe
     )
     .command(
       'eval',
-      "Validation loss and perplexity of a run's checkpoint",
+      "Validation loss and perplexity of a run's checkpoint, or of a distillation run's student",
       (y) =>
         y
-          .option('run', { type: 'string', demandOption: true })
+          .option('run', { type: 'string', demandOption: true, describe: 'run directory: a training run, or a distillation run' })
           .option('step', { type: 'number' })
           .option('batches', { type: 'number', describe: 'limit the number of validation batches' })
           .option('backend', backendOpt),

@@ -769,14 +769,8 @@ export interface MergeLoraOptions {
  * `checkpoints/merged/step-<stage-2 step>` with the recipe.
  */
 export async function mergeLoraCommand(o: MergeLoraOptions): Promise<{ where: string; parameters: number }> {
-  const cfgPath = join(o.run, 'config.yaml');
-  if (!existsSync(cfgPath)) throw new TsformerError(`${o.run} is not a distillation run directory (no config.yaml)`, 'config');
-  const raw = YAML.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
-  if (raw?.teacher === undefined) throw new TsformerError(`${o.run} is not a distillation run (its config.yaml has no teacher:)`, 'config');
-  if (o.backend) raw.backend = o.backend;
-  const { config, yaml } = resolveDistillConfig(raw, cfgPath);
-  // the run directory given wins over runsDir/name (the run may have been moved)
-  const ctx = await openDistill({ ...config, checkpoint: { ...config.checkpoint, dir: config.checkpoint.dir ?? join(o.run, 'checkpoints') } }, yaml, { out: o.out });
+  const ctx = await openDistillRun(o.run, o);
+  const { config, yaml } = ctx;
   try {
     const { student, s2 } = await loadFinalStudent(ctx);
     try {
@@ -797,6 +791,71 @@ export async function mergeLoraCommand(o: MergeLoraOptions): Promise<{ where: st
     }
   } finally {
     ctx.teacher.dispose();
+  }
+}
+
+/** Whether a run directory holds a distillation run (its config.yaml has a teacher:). */
+export function isDistillRun(run: string): boolean {
+  const p = join(run, 'config.yaml');
+  if (!existsSync(p)) return false;
+  const raw = YAML.parse(readFileSync(p, 'utf8')) as Record<string, unknown> | null;
+  return raw !== null && typeof raw === 'object' && raw.teacher !== undefined;
+}
+
+/** Opens a distillation run from its directory: its saved recipe, the teacher and the data. */
+export async function openDistillRun(run: string, o: { backend?: BackendName; out: Out }): Promise<DistillContext> {
+  const cfgPath = join(run, 'config.yaml');
+  if (!existsSync(cfgPath)) throw new TsformerError(`${run} is not a distillation run directory (no config.yaml)`, 'config');
+  if (!isDistillRun(run)) throw new TsformerError(`${run} is not a distillation run (its config.yaml has no teacher:)`, 'config');
+  const raw = YAML.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+  if (o.backend) raw.backend = o.backend;
+  const { config, yaml } = resolveDistillConfig(raw, cfgPath);
+  // the run directory given wins over runsDir/name (the run may have been moved)
+  return openDistill({ ...config, checkpoint: { ...config.checkpoint, dir: config.checkpoint.dir ?? join(run, 'checkpoints') } }, yaml, { out: o.out });
+}
+
+/** A distilled student as `tsformer sample` and `tsformer eval` read it. */
+export interface DistilledRun {
+  /** The teacher run's config with the recipe's data: tokenizer, splits, sampling settings. */
+  config: RunConfig;
+  model: StudentLM;
+  /** The stage-2 step the student comes from. */
+  step: number;
+  /** Which student: merged (after merge-lora) or with its adapters. */
+  label: string;
+  /** Frees the student and the teacher it shares modules with. */
+  dispose(): void;
+}
+
+/**
+ * The student of a finished distillation run: the merged one when `merge-lora` has run, else the
+ * stage-2 student with its adapters attached (the same function, up to float rounding).
+ */
+export async function loadDistilledRun(run: string, o: { backend?: BackendName; out: Out }): Promise<DistilledRun> {
+  const ctx = await openDistillRun(run, o);
+  try {
+    const step = (await readStage2(ctx)).step; // names an unfinished stage 2
+    const mergedStep = (await listCompleteSteps(stageStore(ctx, 'merged'))).at(-1);
+    const merged = mergedStep === step;
+    if (mergedStep !== undefined && !merged) {
+      ctx.out.warn(`warning: the merged student (step ${mergedStep}) is not stage 2's newest (step ${step}): using the adapters; run tsformer merge-lora ${run} again`);
+    }
+    const student = merged ? await loadMergedStudent(ctx) : (await loadFinalStudent(ctx)).student;
+    student.eval();
+    o.out.info(`backend: ${ctx.backend}; distilled student (${ctx.config.student.type} on layers ${student.converted.join(', ')}), stage 2 step ${step}, ${merged ? 'merged' : 'adapters attached'}`);
+    return {
+      config: ctx.dataConfig,
+      model: student,
+      step,
+      label: `distilled, stage 2 step ${step}${merged ? ', merged' : ''}`,
+      dispose: () => {
+        student.dispose();
+        ctx.teacher.dispose();
+      },
+    };
+  } catch (e) {
+    ctx.teacher.dispose();
+    throw e;
   }
 }
 

@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Rng, TsformerError, type BackendName } from '@tsformer/core';
 import { useBackend } from './backend.js';
-import { DecoderLM, generate } from '@tsformer/model';
+import { DecoderLM, generate, type LanguageModel } from '@tsformer/model';
 import { evalBatches } from '@tsformer/data';
 import { evaluate } from '@tsformer/train';
 import { findResumeStep, openStore, verifyStep } from '@tsformer/checkpoint';
@@ -12,6 +12,7 @@ import { loadWeights } from './checkpointing.js';
 import { s3OptionsOf } from './train-command.js';
 import { loadSplit, makeTokenizer } from './train-command.js';
 import type { Out } from './out.js';
+import { isDistillRun, loadDistilledRun } from './distill-command.js';
 
 export interface LoadedRun {
   config: RunConfig;
@@ -43,6 +44,25 @@ export async function loadRun(runDir: string, opts: { step?: number; backend?: B
   return { config, model, step };
 }
 
+/** What sample and eval read: a training run's model, or a distillation run's student. */
+interface InspectedRun {
+  config: RunConfig;
+  model: LanguageModel;
+  /** How the output names the weights: `step 300`, or the distilled student's stage and form. */
+  label: string;
+  step: number;
+  dispose(): void;
+}
+
+async function inspectRun(run: string, o: { step?: number; backend?: BackendName; out: Out }): Promise<InspectedRun> {
+  if (isDistillRun(run)) {
+    if (o.step !== undefined) throw new TsformerError(`--step: ${run} is a distillation run; sample and eval read its finished stage 2 (merged when merge-lora has run)`, 'config');
+    return loadDistilledRun(run, o);
+  }
+  const r = await loadRun(run, o);
+  return { ...r, label: `step ${r.step}`, dispose: () => r.model.dispose() };
+}
+
 export interface SampleOptions {
   run: string;
   prompt?: string;
@@ -56,9 +76,9 @@ export interface SampleOptions {
   out: Out;
 }
 
-/** `tsformer sample`: continue a prompt with a run's checkpoint. */
+/** `tsformer sample`: continue a prompt with a run's checkpoint (or a distillation run's student). */
 export async function sampleCommand(o: SampleOptions): Promise<string> {
-  const { config, model, step } = await loadRun(o.run, o);
+  const { config, model, label, dispose } = await inspectRun(o.run, o);
   try {
     const tokenizer = await makeTokenizer(config);
     const prompt = o.prompt ?? config.sample.prompt;
@@ -70,10 +90,10 @@ export async function sampleCommand(o: SampleOptions): Promise<string> {
       rng: Rng.seeded(o.seed ?? config.seed, 7),
     });
     const text = prompt + tokenizer.decode(tokens);
-    o.out.info(`--- sample (step ${step}) ---\n${text}`);
+    o.out.info(`--- sample (${label}) ---\n${text}`);
     return text;
   } finally {
-    model.dispose();
+    dispose();
   }
 }
 
@@ -86,18 +106,18 @@ export interface EvalOptions {
   out: Out;
 }
 
-/** `tsformer eval`: validation loss and perplexity of a run's checkpoint. */
+/** `tsformer eval`: validation loss and perplexity of a run's checkpoint (or a distillation run's student). */
 export async function evalCommand(o: EvalOptions): Promise<{ loss: number; perplexity: number; step: number }> {
-  const { config, model, step } = await loadRun(o.run, o);
+  const { config, model, step, label, dispose } = await inspectRun(o.run, o);
   try {
     const tokenizer = await makeTokenizer(config);
     const val = await loadSplit(config, tokenizer, 'validation');
     if (!val) throw new TsformerError(`run ${o.run} has no data.validation split to evaluate`, 'config');
     const r = await evaluate(model, evalBatches(val, config.train.batchSize, o.batches ?? Infinity));
     const unit = config.data.tokenizer.type === 'byte' ? 'nats/byte' : 'nats/token';
-    o.out.info(`step ${step}: validation loss ${r.loss.toFixed(4)} ${unit} (${(r.loss / Math.LN2).toFixed(4)} bits), perplexity ${r.perplexity.toFixed(3)}, over ${r.batches} batches`);
+    o.out.info(`${label}: validation loss ${r.loss.toFixed(4)} ${unit} (${(r.loss / Math.LN2).toFixed(4)} bits), perplexity ${r.perplexity.toFixed(3)}, over ${r.batches} batches`);
     return { loss: r.loss, perplexity: r.perplexity, step };
   } finally {
-    model.dispose();
+    dispose();
   }
 }

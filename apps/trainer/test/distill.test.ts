@@ -183,9 +183,41 @@ describe('tsformer distill (cpu, tiny teacher)', () => {
     expectSameTensors(await stepTensors(dir, 'stage2'), await stepTensors(full, 'stage2'), 0);
   }, 180_000);
 
+  let adapterSample = '';
+  let adapterLoss = 0;
+  it('sample and eval read a distilled run: the stage-2 student with its adapters', async () => {
+    const s = await cli('sample', '--run', full, '--prompt', 'the ', '--max-new-tokens', '8', '--temperature', '0');
+    expect(s.code, s.text).toBe(0);
+    expect(s.text).toContain('distilled student (lolcats on layers 0, 1), stage 2 step 4, adapters attached');
+    const m = /--- sample \(distilled, stage 2 step 4\) ---\n([^]*)$/.exec(s.text);
+    expect(m, s.text).not.toBeNull();
+    adapterSample = m![1]!;
+    expect(adapterSample.startsWith('the ')).toBe(true);
+    const e = await cli('eval', '--run', full, '--batches', '2');
+    expect(e.code, e.text).toBe(0);
+    const loss = /distilled, stage 2 step 4: validation loss (\d+\.\d+)/.exec(e.text);
+    expect(loss, e.text).not.toBeNull();
+    adapterLoss = Number(loss![1]);
+    // the teacher on the same batches: a different model, a different loss
+    const t = await cli('eval', '--run', teacherRun, '--batches', '2');
+    expect(t.code, t.text).toBe(0);
+    expect(Number(/validation loss (\d+\.\d+)/.exec(t.text)![1])).not.toBe(adapterLoss);
+    // --step belongs to training runs
+    const bad = await cli('eval', '--run', full, '--step', '2');
+    expect(bad.code).not.toBe(0);
+    expect(bad.text).toMatch(/--step: .* is a distillation run/);
+  }, 120_000);
+
   it('merge-lora writes merged weights with the same logits', async () => {
     const r = await cli('merge-lora', full);
     expect(r.code, r.text).toBe(0);
+    // sample and eval now read the merged student: the same text and loss
+    const s = await cli('sample', '--run', full, '--prompt', 'the ', '--max-new-tokens', '8', '--temperature', '0');
+    expect(s.code, s.text).toBe(0);
+    expect(s.text).toContain(`--- sample (distilled, stage 2 step 4, merged) ---\n${adapterSample}`);
+    const e = await cli('eval', '--run', full, '--batches', '2');
+    expect(e.code, e.text).toBe(0);
+    expect(Number(/merged: validation loss (\d+\.\d+)/.exec(e.text)![1])).toBeCloseTo(adapterLoss, 3);
     expect(existsSync(join(full, 'checkpoints', 'merged', 'step-00000004', 'manifest.json'))).toBe(true);
     const merged = await stepTensors(full, 'merged');
     expect([...merged.keys()].some((k) => k.includes('lora_'))).toBe(false);
