@@ -1,14 +1,11 @@
-import { execFileSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
+// Debian's chromium, installed by scripts/install-chromium.sh when missing (CHROMIUM_PATH overrides)
+import { chromiumPath } from '../packages/kernels-webgpu/src/testing/chromium.js';
 
 /** The repository root (this file is tests/chromium.ts). */
 export const repoRoot = resolve(import.meta.dirname, '..');
 
-/** Debian's chromium, installed by scripts/install-chromium.sh when missing (CHROMIUM_PATH overrides). */
-export function chromiumPath(): string {
-  return execFileSync('bash', [resolve(repoRoot, 'scripts/install-chromium.sh')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
-}
 
 export async function launchChromium(): Promise<Browser> {
   const { chromium } = await import('playwright-core');

@@ -794,20 +794,30 @@ export async function mergeLoraCommand(o: MergeLoraOptions): Promise<{ where: st
   }
 }
 
+/** A distillation run's saved recipe, as parsed YAML; undefined when the directory holds none (no config.yaml with a teacher:). */
+function distillRecipeOf(run: string): Record<string, unknown> | undefined {
+  const p = join(run, 'config.yaml');
+  if (!existsSync(p)) return undefined;
+  let raw: unknown;
+  try {
+    raw = YAML.parse(readFileSync(p, 'utf8'));
+  } catch {
+    return undefined; // not a recipe; the training-run loader names what is wrong with it
+  }
+  return raw !== null && typeof raw === 'object' && (raw as Record<string, unknown>).teacher !== undefined ? (raw as Record<string, unknown>) : undefined;
+}
+
 /** Whether a run directory holds a distillation run (its config.yaml has a teacher:). */
 export function isDistillRun(run: string): boolean {
-  const p = join(run, 'config.yaml');
-  if (!existsSync(p)) return false;
-  const raw = YAML.parse(readFileSync(p, 'utf8')) as Record<string, unknown> | null;
-  return raw !== null && typeof raw === 'object' && raw.teacher !== undefined;
+  return distillRecipeOf(run) !== undefined;
 }
 
 /** Opens a distillation run from its directory: its saved recipe, the teacher and the data. */
 export async function openDistillRun(run: string, o: { backend?: BackendName; out: Out }): Promise<DistillContext> {
   const cfgPath = join(run, 'config.yaml');
   if (!existsSync(cfgPath)) throw new TsformerError(`${run} is not a distillation run directory (no config.yaml)`, 'config');
-  if (!isDistillRun(run)) throw new TsformerError(`${run} is not a distillation run (its config.yaml has no teacher:)`, 'config');
-  const raw = YAML.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+  const raw = distillRecipeOf(run);
+  if (!raw) throw new TsformerError(`${run} is not a distillation run (its config.yaml has no teacher:)`, 'config');
   if (o.backend) raw.backend = o.backend;
   const { config, yaml } = resolveDistillConfig(raw, cfgPath);
   // the run directory given wins over runsDir/name (the run may have been moved)
