@@ -703,8 +703,8 @@ export async function runChecks(
   const k = opts.scale ?? 1;
   if (groups.includes('attention')) for (const c of attentionCases(k)) push(await checkAttention(c, seed + 10 * n++));
   n = 1000;
-  // the default set (v2) ran every case above; the other sets and v2's other code-generation
-  // choices (setV2Tuning) on a few: v1 on the first two cases, the others on cases v2 takes (D a
+  // the default set (v2) runs every case (group 'attention'); the other sets and v2's other
+  // code-generation choices (setV2Tuning) on a few: v1 on the first two cases, the others on cases v2 takes (D a
   // multiple of 32: MHA at D=32, GQA with a window, MQA with ALiBi at D=64)
   const v2Cases = attentionCases(k).filter((c) => c.D % 32 === 0);
   const tuningNow = setV2Tuning({});

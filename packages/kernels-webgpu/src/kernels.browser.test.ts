@@ -14,6 +14,10 @@ interface Report {
   results?: CheckResult[];
 }
 
+/** The browser entry, bundled once for every test of this file. */
+let bundled: Promise<string> | undefined;
+const entryScript = () => (bundled ??= bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts')));
+
 // Every WGSL kernel against its composite definition, in headless Chromium on SwiftShader.
 describe('webgpu kernels in headless chromium (SwiftShader)', () => {
   // In three groups, each its own browser and time limit: SwiftShader runs the attention variants
@@ -24,7 +28,7 @@ describe('webgpu kernels in headless chromium (SwiftShader)', () => {
     ['others', 'every other kernel'],
   ] as const satisfies ReadonlyArray<readonly [CheckGroup, string]>) {
     it(`${what}: outputs and gradients match the composite definitions, relative RMS < 1e-4`, async () => {
-      const script = await bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts'));
+      const script = await entryScript();
       const seed = Date.now() % 1_000_000;
       const { value: report, console: logged } = await runInChromium<Report>(script, 'runKernelChecks', { seed, groups: [group] });
       expect(report.error).toBeUndefined();
@@ -54,7 +58,7 @@ describe('webgpu kernels in headless chromium (SwiftShader)', () => {
     ['GPT-2-like (LayerNorm, GELU, RoPE, tied)', 'runGpt2StepCheck', GPT2_STEP_KERNELS],
   ] as const) {
     it(`a ${variant} DecoderLM training step on webgpu with the kernels matches the step on cpu (loss, gradients, loss after AdamW)`, async () => {
-      const script = await bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts'));
+      const script = await entryScript();
       const seed = Date.now() % 1_000_000;
       const { value: report, console: logged } = await runInChromium<ModelStepReport & { error?: string }>(script, fn, seed);
       expect(report.error).toBeUndefined();
@@ -76,7 +80,7 @@ describe('webgpu kernels in headless chromium (SwiftShader)', () => {
 
   // The fused AdamW is enqueued before the loss is read back; a NaN step must change nothing.
   it('a training step with a NaN loss on webgpu throws NonFiniteError and leaves every weight unchanged', async () => {
-    const script = await bundleForBrowser(resolve(import.meta.dirname, 'testing/browser-entry.ts'));
+    const script = await entryScript();
     const { value: r, console: logged } = await runInChromium<NonFiniteStepReport>(script, 'runNonFiniteStepCheck', 0);
     expect(logged).toEqual([]);
     expect(r.error).toMatch(/loss is NaN: training stopped before applying this update/);
